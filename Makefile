@@ -1,0 +1,41 @@
+# Everything a fresh Debian 12 machine needs, as root: `make run` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= etc/authmilter.toml
+APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev libmilter-dev ca-certificates
+
+.PHONY: setup system-packages run test lint unit integration clean
+
+setup: system-packages $(VENV)/.installed
+
+# apt-get update only when something is missing, so a set-up machine starts in a second.
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(BIN)/authmilter serve -c $(CONFIG)
+
+lint: setup
+	$(BIN)/ruff check authmilter tests
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

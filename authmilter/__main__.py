@@ -1,0 +1,3 @@
+from authmilter.cli import main
+
+raise SystemExit(main())

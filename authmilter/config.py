@@ -1,0 +1,204 @@
+"""Load and validate the one TOML config file.
+
+Every error names the file, the key and the reason, because an operator reading a refusal to
+start at 3 a.m. should not have to guess which of forty lines is wrong. Unknown keys are errors,
+not warnings: a misspelt key silently ignored is a security setting silently not applied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket as _socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from authmilter.core.evaluate import EvalSettings
+
+
+class ConfigError(Exception):
+    """A config the milter refuses to run with; str() is the operator-facing message."""
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    nameservers: tuple[str, ...] = ()  # empty: the system resolver (/etc/resolv.conf)
+    port: int = 53
+    timeout: float = 5.0
+    cache_size: int = 10000
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    socket: str = "inet:8891@127.0.0.1"
+    authserv_id: str = ""  # empty: the MTA's j macro, else this host's name
+    log_level: str = "info"
+    milter_timeout: int = 300
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_FAIL_SAFE = ("tempfail", "accept")
+
+
+class _Reader:
+    """Pops typed keys out of one TOML table, so whatever is left over is, by definition, unknown."""
+
+    def __init__(self, path: str, table: Mapping[str, Any], prefix: str = "") -> None:
+        self.path = path
+        self.table = dict(table)
+        self.prefix = prefix
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.prefix}{key}: {reason}")
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table.pop(key)
+        # bool is an int in Python; a port of `true` is a mistake, not 1.
+        if isinstance(value, bool) and kind is not bool and bool not in _as_tuple(kind):
+            raise self.error(key, f"expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
+        return value
+
+    def take_int(self, key: str, default: int, lo: int, hi: int) -> int:
+        value: int = self.take(key, int, default)
+        if not lo <= value <= hi:
+            raise self.error(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def take_float(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = float(self.take(key, (int, float), default))
+        if not lo <= value <= hi:
+            raise self.error(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def take_choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value: str = self.take(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def sub(self, key: str) -> _Reader:
+        value = self.take(key, dict, {})
+        return _Reader(self.path, value, f"{self.prefix}{key}.")
+
+    def finish(self) -> None:
+        if self.table:
+            unknown = sorted(self.table)[0]
+            raise self.error(unknown, "unknown key")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+             "dict": "a table", "list": "a list"}
+    return " or ".join(names.get(k.__name__, k.__name__) for k in _as_tuple(kind))
+
+
+def validate_socket(spec: str) -> str | None:
+    """Why `spec` is not a libmilter socket we can open, or None if it is."""
+    if spec.startswith("unix:") or spec.startswith("local:"):
+        path = spec.split(":", 1)[1]
+        return None if path.startswith("/") else "a unix socket needs an absolute path"
+    if spec.startswith("inet:") or spec.startswith("inet6:"):
+        rest = spec.split(":", 1)[1]
+        port, _, host = rest.partition("@")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"bad port {port!r} (expected inet:PORT@HOST)"
+        if host:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                return f"bad listen address {host!r}: give an IP address"
+        return None
+    return "expected inet:PORT@ADDRESS, inet6:PORT@ADDRESS or unix:/PATH"
+
+
+def parse_config(path: str, data: Mapping[str, Any]) -> Config:
+    top = _Reader(path, data)
+    sock = top.take("socket", str, Config.socket)
+    problem = validate_socket(sock)
+    if problem:
+        raise top.error("socket", problem)
+    authserv_id = top.take("authserv_id", str, "").strip()
+    if authserv_id and any(c.isspace() or c in ';"()\\' for c in authserv_id):
+        raise top.error("authserv_id", "must be a host name without spaces, quotes, ';' or parentheses")
+    log_level = top.take_choice("log_level", "info", _LOG_LEVELS)
+    milter_timeout = top.take_int("milter_timeout", 300, 1, 3600)
+    fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
+
+    dns_r = top.sub("dns")
+    nameservers = dns_r.take("nameservers", list, [])
+    for ns in nameservers:
+        try:
+            ipaddress.ip_address(ns)
+        except (ValueError, TypeError):
+            raise dns_r.error("nameservers", f"{ns!r} is not an IP address") from None
+    dns = DnsSettings(
+        nameservers=tuple(nameservers),
+        port=dns_r.take_int("port", 53, 1, 65535),
+        timeout=dns_r.take_float("timeout", 5.0, 0.1, 60.0),
+        cache_size=dns_r.take_int("cache_size", 10000, 0, 10_000_000),
+    )
+    dns_r.finish()
+
+    dkim_r = top.sub("dkim")
+    max_sigs = dkim_r.take_int("max_signatures", 10, 1, 100)
+    min_bits = dkim_r.take_int("min_key_bits", 1024, 1024, 16384)
+    dkim_r.finish()
+
+    spf_r = top.sub("spf")
+    check_helo = spf_r.take("check_helo", bool, True)
+    spf_timeout = spf_r.take_float("timeout", 20.0, 1.0, 120.0)
+    spf_r.finish()
+    top.finish()
+
+    return Config(
+        path=path,
+        socket=sock,
+        authserv_id=authserv_id,
+        log_level=log_level,
+        milter_timeout=milter_timeout,
+        dns=dns,
+        evaluation=EvalSettings(
+            dkim_max_signatures=max_sigs,
+            dkim_min_key_bits=min_bits,
+            spf_check_helo=check_helo,
+            spf_timeout=spf_timeout,
+            fail_safe=fail_safe,
+        ),
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{name}:{line}: not UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already carries "(at line N, column M)".
+        raise ConfigError(f"{name}: {e}") from None
+    return parse_config(name, data)
+
+
+def default_authserv_id(mta_j: str | None, hostname: Callable[[], str] = _socket.getfqdn) -> str:
+    """RFC 8601 wants the name of the host that did the checks; the MTA's $j names it best."""
+    return (mta_j or "").strip() or hostname()

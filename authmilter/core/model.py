@@ -1,0 +1,179 @@
+"""Values that flow through the core: the transaction in, results and the verdict out.
+
+All frozen: once a check has spoken, nothing downstream may quietly change what it said.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Header:
+    """One header field exactly as received.
+
+    `value` is every byte after the colon, leading white space included, with folding line breaks
+    as CRLF. 8-bit bytes are kept: relaxed and simple canonicalization must see what was signed.
+    """
+
+    name: bytes
+    value: bytes
+
+    def raw(self) -> bytes:
+        return self.name + b":" + self.value + b"\r\n"
+
+
+@dataclass(frozen=True)
+class Transaction:
+    client_ip: str | None
+    helo: str
+    mail_from: str  # "" is the null sender <>
+    rcpts: tuple[str, ...] = ()
+    headers: tuple[Header, ...] = ()
+    body: bytes = b""
+    client_host: str | None = None
+    queue_id: str = ""
+    macros: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def message_bytes(self) -> bytes:
+        """The message as DKIM sees it: header fields, an empty line, the body."""
+        return b"".join(h.raw() for h in self.headers) + b"\r\n" + self.body
+
+
+class SpfIdentity(enum.Enum):
+    MAILFROM = "mailfrom"
+    HELO = "helo"
+
+
+@dataclass(frozen=True)
+class SpfResult:
+    """RFC 7208 result for one identity.
+
+    result: pass | fail | softfail | neutral | none | temperror | permerror
+    """
+
+    result: str
+    identity: SpfIdentity
+    domain: str  # the domain checked (MAIL FROM domain, or the HELO name)
+    sender: str  # what A-R reports: the MAIL FROM address, or the HELO name
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SpfResults:
+    """`effective` is the one DMARC and A-R use: MAIL FROM, or HELO when MAIL FROM is null."""
+
+    effective: SpfResult
+    helo: SpfResult | None
+
+
+@dataclass(frozen=True)
+class DkimResult:
+    """One DKIM-Signature's outcome (RFC 6376, RFC 8601 section 2.7.1).
+
+    result: pass | fail | neutral | policy | temperror | permerror
+    """
+
+    result: str
+    domain: str  # d=
+    selector: str  # s=
+    algorithm: str  # a=
+    b_prefix: str  # first 8 characters of b=
+    identity: str = ""  # i=, when present
+    reason: str = ""
+    key_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class AuthorResult:
+    """The RFC5322.From as DMARC needs it: exactly one address with one domain, or why not."""
+
+    domain: str | None  # lower-case author domain when there is exactly one
+    addresses: tuple[str, ...] = ()
+    error: str = ""  # non-empty when the From is missing, repeated, multi-address or unparseable
+
+
+@dataclass(frozen=True)
+class DmarcRecord:
+    domain: str  # where the record was found
+    p: str | None
+    sp: str | None
+    np: str | None
+    adkim: str
+    aspf: str
+    pct: int | None  # only RFC 7489 records carry it
+    t: bool  # RFC 9989 testing flag (pct=0 read as t=y for RFC 7489 records)
+    psd: str | None  # "y" | "n" | "u" | None
+    raw: str
+
+
+@dataclass(frozen=True)
+class DmarcResult:
+    """result: pass | fail | none | temperror | permerror
+
+    policy: the policy that applies to this message: none | quarantine | reject (or "" when no
+    policy could be found). applied_tag: which tag it came from ("p", "sp", "np").
+    """
+
+    result: str
+    domain: str  # author domain
+    policy: str = ""
+    applied_tag: str = ""
+    org_domain: str = ""
+    record: DmarcRecord | None = None
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
+    aligned_by: str = ""  # e.g. "dkim:example.com" or "spf:bounce.example.com"
+    testing: bool = False  # t=y, or pct<100 under RFC 7489 sampling
+    reason: str = ""
+
+
+class Action(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+    QUARANTINE = "quarantine"
+    DISCARD = "discard"
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: str  # "550"
+    status: str  # "5.7.1"
+    text: str
+
+
+@dataclass(frozen=True)
+class HeaderInsert:
+    index: int  # 0 is the top
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderDelete:
+    name: str
+    occurrence: int  # 1-based among fields of this name, as smfi_chgheader counts
+
+
+@dataclass(frozen=True)
+class Results:
+    spf: SpfResults | None
+    dkim: tuple[DkimResult, ...]
+    author: AuthorResult
+    dmarc: DmarcResult | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reply: Reply | None
+    results: Results | None
+    authentication_results: str  # the header value we add ("" when none is added)
+    header_deletes: tuple[HeaderDelete, ...] = ()
+    header_inserts: tuple[HeaderInsert, ...] = ()
+    reason: str = ""
+    errors: tuple[str, ...] = ()

@@ -1,0 +1,208 @@
+"""The pymilter adapter: libmilter callbacks in, a `Transaction` out; a `Verdict` in, milter actions out.
+
+Rules this module keeps:
+1. No decision is made here. Callbacks only collect; `eom` asks `App.evaluate` and applies what it
+   says. Anything that decides belongs in core/, where it is tested without sockets.
+2. Nothing escapes into libmilter. Every callback is guarded: an exception is logged with the queue
+   id and the message gets the fail-safe reply (tempfail), never a silent accept.
+3. Header bytes are kept exactly: values arrive as bytes (8-bit intact) with their leading white
+   space (SMFIP_HDR_LEADSPC), and folding is restored as CRLF, so simple canonicalization verifies.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import Milter
+
+from authmilter.app import App
+from authmilter.core.evaluate import TEMPFAIL_REPLY
+from authmilter.core.model import Action, Header, Transaction, Verdict
+from authmilter.report import log_line
+
+log = logging.getLogger("authmilter.milter")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_LINE_BREAK = re.compile(rb"\r?\n")
+# libmilter separates folded lines with LF; Postfix and Sendmail turn it back into CRLF.
+_MTA_FOLD = re.compile(r"\r?\n")
+
+
+def _guarded(func: _F) -> _F:
+    @functools.wraps(func)
+    def wrapper(self: AuthMilter, *args: Any) -> Any:
+        try:
+            return func(self, *args)
+        except Exception:
+            log.exception("qid=%s callback=%s failed; replying tempfail", self.queue_id or "-",
+                          func.__name__)
+            try:
+                self.setreply(TEMPFAIL_REPLY.code, TEMPFAIL_REPLY.status, TEMPFAIL_REPLY.text)
+            except Exception:
+                log.debug("setreply failed in error path", exc_info=True)
+            return Milter.TEMPFAIL
+
+    return cast(_F, wrapper)
+
+
+def _strip_angle(addr: str) -> str:
+    addr = addr.strip()
+    if addr.startswith("<") and addr.endswith(">"):
+        addr = addr[1:-1]
+    return addr
+
+
+def _text(value: str | bytes) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
+
+
+@Milter.header_leading_space
+class AuthMilter(Milter.Base):  # type: ignore[misc]
+    """One instance per SMTP connection; several messages may pass through it."""
+
+    app: App  # set by `serve` before libmilter starts calling
+
+    def __init__(self) -> None:
+        self.client_ip: str | None = None
+        self.client_host: str | None = None
+        self.helo = ""
+        self.queue_id = ""
+        self._leadspc = True
+        self._reset()
+
+    def _reset(self) -> None:
+        self.mail_from = ""
+        self.rcpts: list[str] = []
+        self.headers: list[Header] = []
+        self.body_chunks: list[bytes] = []
+        self.queue_id = ""
+
+    # Negotiation: we must be able to insert and delete headers, or a forged A-R would pass.
+    def negotiate(self, opts: list[int]) -> Any:
+        actions, protocol = opts[0], opts[1]
+        needed = Milter.ADDHDRS | Milter.CHGHDRS
+        if actions & needed != needed:
+            log.error("MTA does not offer header insert/change (actions=0x%x); refusing", actions)
+            return Milter.REJECT
+        result = super().negotiate(opts)
+        self._leadspc = bool(protocol & Milter.P_HDR_LEADSPC)
+        if not self._leadspc:
+            log.warning("MTA does not pass header leading space; simple canonicalization may fail")
+        return result
+
+    @_guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> Any:
+        self.client_host = hostname
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+            self.client_ip = str(hostaddr[0])
+        else:
+            self.client_ip = None
+        return Milter.CONTINUE
+
+    @_guarded
+    def hello(self, hostname: str) -> Any:
+        self.helo = _text(hostname)
+        return Milter.CONTINUE
+
+    @_guarded
+    @Milter.decode("bytes")
+    def envfrom(self, mailfrom: str | bytes, *params: Any) -> Any:
+        self._reset()  # a new MAIL FROM after RSET or a finished message starts a new transaction
+        self.mail_from = _strip_angle(_text(mailfrom))
+        return Milter.CONTINUE
+
+    @_guarded
+    @Milter.decode("bytes")
+    def envrcpt(self, to: str | bytes, *params: Any) -> Any:
+        self.rcpts.append(_strip_angle(_text(to)))
+        return Milter.CONTINUE
+
+    @_guarded
+    @Milter.decode("bytes")
+    def header(self, name: str | bytes, value: bytes) -> Any:
+        raw_name = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        value = _LINE_BREAK.sub(b"\r\n", value)
+        if not self._leadspc:
+            value = b" " + value
+        self.headers.append(Header(raw_name, value))
+        return Milter.CONTINUE
+
+    @_guarded
+    def eoh(self) -> Any:
+        return Milter.CONTINUE
+
+    @_guarded
+    def body(self, chunk: bytes) -> Any:
+        self.body_chunks.append(chunk)
+        return Milter.CONTINUE
+
+    @_guarded
+    def eom(self) -> Any:
+        self.queue_id = _text(self.getsymval("i") or "")
+        tx = Transaction(
+            client_ip=self.client_ip,
+            helo=self.helo,
+            mail_from=self.mail_from,
+            rcpts=tuple(self.rcpts),
+            headers=tuple(self.headers),
+            body=b"".join(self.body_chunks),
+            client_host=self.client_host,
+            queue_id=self.queue_id,
+        )
+        self.body_chunks = []
+        verdict = self.app.evaluate(tx, mta_j=self.getsymval("j"))
+        self._log_verdict(verdict, tx)
+        rc = self._apply(verdict)
+        self._reset()
+        return rc
+
+    @_guarded
+    def abort(self) -> Any:
+        self._reset()
+        return Milter.CONTINUE
+
+    @_guarded
+    def close(self) -> Any:
+        return Milter.CONTINUE
+
+    def _log_verdict(self, verdict: Verdict, tx: Transaction) -> None:
+        line = log_line(verdict, queue_id=tx.queue_id, client_ip=tx.client_ip, helo=tx.helo,
+                        mail_from=tx.mail_from)
+        if verdict.errors:
+            log.error("%s detail=%r", line, verdict.errors[-1].strip().splitlines()[-1])
+            log.debug("%s", verdict.errors[-1])
+        else:
+            log.info("%s", line)
+
+    def _apply(self, verdict: Verdict) -> Any:
+        if verdict.action is Action.TEMPFAIL or verdict.action is Action.REJECT:
+            if verdict.reply:
+                self.setreply(verdict.reply.code, verdict.reply.status, verdict.reply.text)
+            return Milter.TEMPFAIL if verdict.action is Action.TEMPFAIL else Milter.REJECT
+        # Deleting from the highest occurrence down keeps the lower indices valid.
+        for d in sorted(verdict.header_deletes, key=lambda d: -d.occurrence):
+            self.chgheader(d.name, d.occurrence, None)
+        for ins in verdict.header_inserts:
+            self.addheader(ins.name, _MTA_FOLD.sub("\n", ins.value), ins.index)
+        if verdict.action is Action.DISCARD:
+            return Milter.DISCARD
+        if verdict.action is Action.QUARANTINE:
+            self.quarantine(verdict.reason or "authmilter policy")
+        return Milter.ACCEPT
+
+
+def run(app: App) -> None:
+    """Listen and serve until libmilter is told to stop (SIGTERM, SIGINT)."""
+    AuthMilter.app = app
+    Milter.factory = AuthMilter
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+    Milter.runmilter("authmilter", app.config.socket, timeout=app.config.milter_timeout)

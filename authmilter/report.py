@@ -1,0 +1,99 @@
+"""Verdicts as plain data, for `authmilter check --json` and for log lines.
+
+One place decides the field names, so what an operator greps for in the log is what the JSON
+calls it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authmilter.core.model import DkimResult, DmarcResult, SpfResult, Verdict
+
+
+def _spf(r: SpfResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"result": r.result, "domain": r.domain, "identity": r.identity.value, "reason": r.reason}
+
+
+def _dkim(r: DkimResult) -> dict[str, Any]:
+    return {
+        "result": r.result,
+        "domain": r.domain,
+        "selector": r.selector,
+        "algorithm": r.algorithm,
+        "b": r.b_prefix,
+        "identity": r.identity,
+        "key_bits": r.key_bits,
+        "reason": r.reason,
+    }
+
+
+def _dmarc(r: DmarcResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "result": r.result,
+        "domain": r.domain,
+        "policy": r.policy,
+        "applied_tag": r.applied_tag,
+        "org_domain": r.org_domain,
+        "record_domain": r.record.domain if r.record else None,
+        "spf_aligned": r.spf_aligned,
+        "dkim_aligned": r.dkim_aligned,
+        "aligned_by": r.aligned_by,
+        "testing": r.testing,
+        "reason": r.reason,
+    }
+
+
+def verdict_to_dict(v: Verdict) -> dict[str, Any]:
+    res = v.results
+    return {
+        "action": v.action.value,
+        "reply": None if v.reply is None else {
+            "code": v.reply.code, "status": v.reply.status, "text": v.reply.text},
+        "reason": v.reason,
+        "authentication_results": v.authentication_results or None,
+        "spf": _spf(res.spf.effective) if res and res.spf else None,
+        "spf_helo": _spf(res.spf.helo) if res and res.spf else None,
+        "dkim": [_dkim(d) for d in res.dkim] if res else [],
+        "author": None if res is None else {
+            "domain": res.author.domain, "addresses": list(res.author.addresses),
+            "error": res.author.error},
+        "dmarc": _dmarc(res.dmarc) if res else None,
+        "deleted_headers": [{"name": d.name, "occurrence": d.occurrence} for d in v.header_deletes],
+        "errors": [e.strip().splitlines()[-1] for e in v.errors if e.strip()],
+    }
+
+
+def _quote(value: str) -> str:
+    if value and not any(c.isspace() or c in '"=\\' for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def log_line(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str, mail_from: str) -> str:
+    """One key=value line per message: everything an operator needs to see why, nothing secret."""
+    parts: list[tuple[str, str]] = [
+        ("qid", queue_id or "-"), ("client", client_ip or "-"), ("helo", helo or "-"),
+        ("from", mail_from or "<>"),
+    ]
+    res = v.results
+    if res is not None:
+        parts.append(("author", res.author.domain or f"error:{res.author.error}"))
+        if res.spf:
+            parts.append(("spf", res.spf.effective.result))
+        parts.append(("dkim", ",".join(f"{d.result}:{d.domain}" for d in res.dkim) or "none"))
+        if res.dmarc:
+            parts.append(("dmarc", res.dmarc.result))
+            parts.append(("policy", res.dmarc.policy or "-"))
+    parts.append(("action", v.action.value))
+    if v.reply:
+        parts.append(("reply", f"{v.reply.code} {v.reply.status}"))
+    if v.header_deletes:
+        parts.append(("forged_ar_deleted", str(len(v.header_deletes))))
+    if v.errors:
+        parts.append(("error", v.reason))
+    return " ".join(f"{k}={_quote(val)}" for k, val in parts)
