@@ -50,6 +50,12 @@ def _guarded(func: _F) -> _F:
     return cast(_F, wrapper)
 
 
+def _raw_bytes(func: _F) -> _F:
+    """pymilter's @decode("bytes"), typed: the callback gets the MTA's bytes, 8-bit intact."""
+    setattr(func, "error_strategy", "bytes")  # noqa: B010 - the attribute pymilter looks up
+    return func
+
+
 def _strip_angle(addr: str) -> str:
     addr = addr.strip()
     if addr.startswith("<") and addr.endswith(">"):
@@ -112,20 +118,20 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         return Milter.CONTINUE
 
     @_guarded
-    @Milter.decode("bytes")
+    @_raw_bytes
     def envfrom(self, mailfrom: str | bytes, *params: Any) -> Any:
         self._reset()  # a new MAIL FROM after RSET or a finished message starts a new transaction
         self.mail_from = _strip_angle(_text(mailfrom))
         return Milter.CONTINUE
 
     @_guarded
-    @Milter.decode("bytes")
+    @_raw_bytes
     def envrcpt(self, to: str | bytes, *params: Any) -> Any:
         self.rcpts.append(_strip_angle(_text(to)))
         return Milter.CONTINUE
 
     @_guarded
-    @Milter.decode("bytes")
+    @_raw_bytes
     def header(self, name: str | bytes, value: bytes) -> Any:
         raw_name = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
         if isinstance(value, str):

@@ -1,0 +1,288 @@
+"""The product's one DNS layer: dnspython's stub resolver behind the core's `Resolver` contract.
+
+Everything that touches the network for DNS lives here, outside `core/`, so the core stays pure.
+Two pieces:
+
+* `DnsResolver` asks the configured (or system) recursive resolvers and maps every outcome to a
+  `DnsAnswer`; it never raises.
+* `DnsCache` is our own TTL cache of finished `DnsAnswer`s, shared by every milter thread.
+  dnspython's cache is switched off: it gives SOA-less negative answers a default TTL (we keep
+  none), has no TTL cap, and runs on wall-clock time that tests cannot move.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.rdata
+import dns.rdatatype
+import dns.rdtypes.ANY.MX
+import dns.rdtypes.ANY.PTR
+import dns.rdtypes.ANY.SOA
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
+import dns.resolver
+
+from authmilter.core.dnsapi import DnsAnswer, DnsStatus
+
+# 1232 avoids IP fragmentation on virtually every path (DNS Flag Day 2020); larger answers come
+# back truncated and dnspython retries them over TCP.
+EDNS_PAYLOAD = 1232
+
+# A name that cannot exist in the DNS is reported as "no such domain", not as a failure to ask:
+# RFC 7208 4.3 treats a malformed domain as a "none" result (not temperror), and DKIM/DMARC can
+# only conclude "no key"/"no policy" for it. Retrying such a name later can never succeed.
+INVALID_NAME = DnsAnswer(DnsStatus.NXDOMAIN, error="invalid name")
+
+# Full stops that IDNA (RFC 3490 3.1) treats as label separators alongside ".".
+_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+_MAX_ERROR = 200
+
+
+def dns_name(name: str) -> dns.name.Name | None:
+    """`name` as an absolute, lower-case DNS name, or None when it cannot be one.
+
+    Labels are taken literally rather than through `dns.name.from_text`, because names come from
+    untrusted mail and master-file backslash escapes in them must not change what we ask for.
+    U-labels are IDNA-encoded. dnspython enforces the limits: no empty label, labels of at most
+    63 octets, at most 255 octets on the wire (253 characters of text).
+    """
+    text = name.translate(_DOTS)
+    text = text.removesuffix(".")
+    if not text:
+        return None
+    try:
+        labels = [_label(part) for part in text.split(".")]
+        return dns.name.Name([*labels, b""])
+    except (dns.exception.DNSException, UnicodeError):
+        return None
+
+
+def _label(text: str) -> bytes:
+    if text.isascii():
+        return text.lower().encode("ascii")
+    return dns.name.IDNA_2003_Practical.encode(text)
+
+
+def _host(name: dns.name.Name) -> str:
+    # The root alone is the null MX of RFC 7505; "" reads as "no host" where "." would not.
+    return "" if name == dns.name.root else name.to_text(omit_final_dot=True)
+
+
+def record_from_rdata(rdata: dns.rdata.Rdata) -> Any:
+    """One record in the shape `authmilter.core.dnsapi` documents for its type."""
+    if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT):
+        return tuple(rdata.strings)
+    if isinstance(rdata, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA):
+        return rdata.address
+    if isinstance(rdata, dns.rdtypes.ANY.MX.MX):
+        return (rdata.preference, _host(rdata.exchange))
+    if isinstance(rdata, dns.rdtypes.ANY.PTR.PTR):
+        return _host(rdata.target)
+    return rdata.to_text()
+
+
+def negative_ttl(response: dns.message.Message | None) -> int:
+    """How long a NXDOMAIN/NODATA `response` may be cached (RFC 2308 section 5).
+
+    min(SOA TTL, SOA MINIMUM) from the authority section, and no longer than any CNAME that led
+    there. Without an SOA the answer carries no negative TTL, so it gets 0 and is not cached.
+    """
+    if response is None:
+        return 0
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset) > 0:
+            soa = rrset[0]
+            assert isinstance(soa, dns.rdtypes.ANY.SOA.SOA)
+            return min([rrset.ttl, soa.minimum, *(chain.ttl for chain in response.answer)])
+    return 0
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    entries: int
+    evictions: int  # entries dropped to stay within max_entries while still live
+
+
+class DnsCache:
+    """A TTL cache of `DnsAnswer`s keyed by (lower-case name, record type); thread-safe.
+
+    `put` decides what is cacheable: TEMPERROR never (the next message deserves a fresh try), and
+    nothing whose TTL is 0. A cached answer comes back with the TTL it has left.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = 10000,
+        max_ttl: int = 86400,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str], tuple[DnsAnswer, float]] = OrderedDict()
+        # A lower bound on every expiry time, so a full cache scans for expired entries only
+        # when one can actually have expired.
+        self._next_expiry = math.inf
+        self._hits = self._misses = self._evictions = 0
+
+    @staticmethod
+    def key(name: str, rdtype: str) -> tuple[str, str]:
+        return (name.lower().removesuffix("."), rdtype.upper())
+
+    def get(self, name: str, rdtype: str) -> DnsAnswer | None:
+        key = self.key(name, rdtype)
+        with self._lock:
+            now = self._clock()
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] <= now:
+                del self._entries[key]
+                entry = None
+            if entry is None:
+                self._misses += 1
+                return None
+            self._hits += 1
+            answer, expires = entry
+            return replace(answer, ttl=math.ceil(expires - now))
+
+    def put(self, name: str, rdtype: str, answer: DnsAnswer) -> bool:
+        """Remember `answer` for min(answer.ttl, max_ttl) seconds; False when it is not cacheable."""
+        lifetime = min(answer.ttl, self.max_ttl)
+        if answer.status is DnsStatus.TEMPERROR or lifetime <= 0:
+            return False
+        key = self.key(name, rdtype)
+        with self._lock:
+            now = self._clock()
+            if key not in self._entries and len(self._entries) >= self.max_entries:
+                self._make_room(now)
+            expires = now + lifetime
+            self._entries[key] = (answer, expires)
+            self._entries.move_to_end(key)
+            self._next_expiry = min(self._next_expiry, expires)
+        return True
+
+    def _make_room(self, now: float) -> None:
+        # Expired entries go first; only then the oldest live ones.
+        if now >= self._next_expiry:
+            for key in [k for k, (_, expires) in self._entries.items() if expires <= now]:
+                del self._entries[key]
+            self._next_expiry = min((e for _, e in self._entries.values()), default=math.inf)
+        while len(self._entries) >= self.max_entries:
+            self._entries.popitem(last=False)
+            self._evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._next_expiry = math.inf
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._hits, self._misses, len(self._entries), self._evictions)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def _temperror(error: str) -> DnsAnswer:
+    return DnsAnswer(DnsStatus.TEMPERROR, error=error[:_MAX_ERROR])
+
+
+def _failure_text(exc: dns.resolver.NoNameservers) -> str:
+    # dnspython records (server, tcp, port, error, response) per failed try; the rcode or
+    # exception is what an operator needs, e.g. "127.0.0.1: SERVFAIL".
+    errors = exc.kwargs.get("errors") or []
+    reasons = dict.fromkeys(f"{err[0]}: {err[3]}" for err in errors)
+    return "; ".join(reasons) or "no nameservers"
+
+
+class DnsResolver:
+    """`Resolver` over UDP (TCP when truncated) to recursive resolvers, with an optional cache.
+
+    Thread-safe: the dnspython resolver is configured once here and never changed afterwards, and
+    its `resolve` keeps all per-query state in a fresh object, so every milter thread can share it.
+    Concurrent misses on one name each ask the network; correctness does not need them merged.
+    """
+
+    def __init__(
+        self,
+        nameservers: Sequence[str] = (),
+        port: int = 53,
+        timeout: float = 5.0,
+        cache: DnsCache | None = None,
+    ) -> None:
+        """`nameservers`: IP addresses; empty means those of /etc/resolv.conf.
+
+        `timeout` is dnspython's lifetime for the whole query, retries and TCP fallback included.
+        dnspython sleeps a short back-off (0.1 s, then 0.2 s) before asking the same servers
+        again and only then notices the lifetime is spent, so a dead server is reported up to
+        0.2 s after `timeout`.
+        """
+        self.cache = cache
+        if nameservers:
+            stub = dns.resolver.Resolver(configure=False)
+            stub.nameservers = list(nameservers)
+        else:
+            try:
+                stub = dns.resolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration:
+                # Start anyway: each lookup then says TEMPERROR ("no nameservers"), which
+                # tempfails mail rather than keeping the milter from running at all.
+                stub = dns.resolver.Resolver(configure=False)
+        stub.port = port
+        stub.cache = None
+        stub.retry_servfail = False
+        stub.use_search_by_default = False
+        stub.use_edns(0, 0, EDNS_PAYLOAD)
+        stub.lifetime = timeout
+        # Split the budget so one silent server (or one lost datagram) leaves time to ask again.
+        stub.timeout = timeout / max(2, len(stub.nameservers))
+        self._stub = stub
+
+    def query(self, name: str, rdtype: str) -> DnsAnswer:
+        qname = dns_name(name)
+        if qname is None:
+            return INVALID_NAME
+        rdtype = rdtype.upper()
+        key = qname.to_text(omit_final_dot=True)
+        if self.cache is not None:
+            cached = self.cache.get(key, rdtype)
+            if cached is not None:
+                return cached
+        answer = self._ask(qname, rdtype)
+        if self.cache is not None:
+            self.cache.put(key, rdtype, answer)
+        return answer
+
+    def _ask(self, qname: dns.name.Name, rdtype: str) -> DnsAnswer:
+        try:
+            result = self._stub.resolve(qname, rdtype, raise_on_no_answer=False, search=False)
+            if result.rrset is None:
+                return DnsAnswer(DnsStatus.NODATA, ttl=negative_ttl(result.response))
+            records = tuple(record_from_rdata(rdata) for rdata in result.rrset)
+            return DnsAnswer(DnsStatus.OK, records, ttl=result.chaining_result.minimum_ttl)
+        except dns.resolver.NXDOMAIN as exc:
+            response = (exc.kwargs.get("responses") or {}).get(qname)
+            return DnsAnswer(DnsStatus.NXDOMAIN, ttl=negative_ttl(response))
+        except dns.exception.Timeout:
+            return _temperror("timeout")
+        except dns.resolver.NoNameservers as exc:
+            return _temperror(_failure_text(exc))
+        except Exception as exc:  # the contract: a lookup never raises
+            return _temperror(f"{type(exc).__name__}: {exc}")
