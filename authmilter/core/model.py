@@ -108,6 +108,11 @@ class DmarcRecord:
     t: bool  # RFC 9989 testing flag (pct=0 read as t=y for RFC 7489 records)
     psd: str | None  # "y" | "n" | "u" | None
     raw: str
+    rua: tuple[str, ...] = ()  # syntactically valid aggregate-report URIs
+    # Non-empty when RFC 9989 section 4.10.1 says to apply no DMARC processing with this record
+    # (an invalid p, sp or np and no valid rua URI); says why.
+    unusable: str = ""
+    errors: tuple[str, ...] = ()  # invalid or malformed tags that were ignored or defaulted
 
 
 @dataclass(frozen=True)
