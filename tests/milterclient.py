@@ -7,6 +7,7 @@ offers no no-reply or SKIP protocol flags, which miltertest's reply handling doe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -153,9 +154,8 @@ class MtaSession:
                 code = str(args["smtpcode"])
                 outcome.action = "reject" if code.startswith("5") else "tempfail"
                 outcome.reply = f"{code} {args['text']}"
-            elif cmd in _ACTIONS:
-                if outcome.reply is None:
-                    outcome.action = _ACTIONS[cmd]
+            elif cmd in _ACTIONS and outcome.reply is None:
+                outcome.action = _ACTIONS[cmd]
         return outcome
 
     def abort(self) -> None:
@@ -163,10 +163,8 @@ class MtaSession:
         self._frame(C.SMFIC_ABORT, b"")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._frame(C.SMFIC_QUIT, b"")
-        except OSError:
-            pass
         self.sock.close()
 
     def __enter__(self) -> MtaSession:

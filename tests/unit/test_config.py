@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from authmilter.config import Config, ConfigError, load_config, validate_socket
+from authmilter.core.evaluate import EvalSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str | bytes) -> Path:
+    p = tmp_path / "a.toml"
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+def test_sample_config_loads_with_documented_defaults() -> None:
+    c = load_config(ROOT / "etc" / "authmilter.toml")
+    assert c.socket == "inet:8891@127.0.0.1"
+    assert c.authserv_id == ""
+    assert c.dns.nameservers == ()
+    assert c.dns.port == 53
+    assert c.dns.timeout == 5.0
+    assert c.evaluation == EvalSettings()
+    assert (c.log_level, c.milter_timeout) == (Config.log_level, Config.milter_timeout)
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, 'socket = "unix:/run/authmilter/a.sock"\nauthserv_id = "mx.example.com"\n'
+                          '[dns]\nnameservers = ["127.0.0.1", "::1"]\nport = 5353\ntimeout = 2\n'
+                          '[dkim]\nmax_signatures = 3\n[spf]\ncheck_helo = false\n'))
+    assert c.socket == "unix:/run/authmilter/a.sock"
+    assert c.authserv_id == "mx.example.com"
+    assert c.dns.nameservers == ("127.0.0.1", "::1")
+    assert (c.dns.port, c.dns.timeout) == (5353, 2.0)
+    assert c.evaluation.dkim_max_signatures == 3
+    assert c.evaluation.spf_check_helo is False
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sokket = 'inet:1@127.0.0.1'\n", "sokket: unknown key"),
+        ("[dns]\nport = 0\n", "dns.port: must be between 1 and 65535, got 0"),
+        ("[dns]\nport = true\n", "dns.port: expected an integer, got a boolean"),
+        ("[dns]\nport = '53'\n", "dns.port: expected an integer, got str"),
+        ("[dns]\nnameservers = ['resolver.example']\n", "dns.nameservers: 'resolver.example' is not an IP"),
+        ("[dns]\ntimeoutt = 1\n", "dns.timeoutt: unknown key"),
+        ("socket = 'tcp:8891'\n", "socket: expected inet:PORT@ADDRESS"),
+        ("socket = 'inet:99999@127.0.0.1'\n", "socket: bad port"),
+        ("socket = 'unix:relative.sock'\n", "socket: a unix socket needs an absolute path"),
+        ("authserv_id = 'mx example'\n", "authserv_id: must be a host name"),
+        ("fail_safe = 'reject'\n", "fail_safe: must be one of tempfail, accept"),
+        ("[dkim]\nmin_key_bits = 512\n", "dkim.min_key_bits: must be between 1024"),
+        ("dns = 3\n", "dns: expected a table"),
+        ("[dns\n", "(at line 1"),
+    ],
+)
+def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(str(p) + ":")
+    assert message in str(e.value)
+
+
+def test_not_utf8_names_the_line(tmp_path: Path) -> None:
+    p = write(tmp_path, b'log_level = "info"\nauthserv_id = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"a\.toml:2: not UTF-8"):
+        load_config(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("spec", ["inet:8891@127.0.0.1", "inet6:8891@::1", "unix:/run/a.sock", "inet:25"])
+def test_valid_sockets(spec: str) -> None:
+    assert validate_socket(spec) is None
