@@ -221,3 +221,24 @@ def test_bad_config_refuses_to_start(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 78
     assert f"{cfg}: dns.port: must be between 1 and 65535" in r.stderr
+
+
+def test_authserv_id_defaults_to_the_mta_j_macro(tmp_path: Path, own_dns: DnsServer) -> None:
+    m = MilterProcess(tmp_path, dns_port=own_dns.port, authserv_id="").start()
+    try:
+        forged = b"Authentication-Results: relay.example.com; dmarc=pass header.from=example.org"
+        with m.session(client_ip="192.0.2.10", macros={"j": "relay.example.com"}) as s:
+            out = s.message(signed(make_message(extra_headers=(forged,))), mail_from="alice@example.org")
+    finally:
+        m.stop()
+    assert the_ar(out.inserted).startswith("relay.example.com;")
+    assert out.changed == [(1, AR, "")]
+
+
+def test_body_only_and_nul_bytes_in_body(milter: MilterProcess) -> None:
+    with milter.session(client_ip="192.0.2.10") as s:
+        body_only = s.message(b"\r\nno header fields at all\r\n", mail_from="alice@example.org")
+        nul = s.message(signed(make_message(body=b"a\x00b\r\n\x00\r\n")), mail_from="alice@example.org")
+    ar = the_ar(body_only.inserted)
+    assert "dkim=none" in ar and "dmarc=permerror" in ar
+    assert "dkim=pass" in the_ar(nul.inserted)
