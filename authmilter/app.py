@@ -1,31 +1,99 @@
-"""What `serve` and `check` share: the loaded config, the one resolver, and how to evaluate."""
+"""What `serve` and `check` share: the loaded config and policy, the one resolver, the evaluation.
+
+`AppHolder` is how reload works. Each SMTP transaction takes the current `App` when it starts and
+keeps it to the end, so a reload never changes the rules under a message in flight; a new set is
+built completely, and only a set that loaded without a single problem replaces the old one.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 
-from authmilter.config import Config, default_authserv_id
-from authmilter.core.evaluate import evaluate
-from authmilter.core.model import Transaction, Verdict
+from authmilter.config import Config, ConfigError, default_authserv_id, load_config
+from authmilter.core.evaluate import early_verdict, evaluate, evaluate_transaction
+from authmilter.core.model import SpfResults, Transaction, Verdict
+from authmilter.core.policy import EMPTY_POLICY, Policy, Stage
 from authmilter.dns import DnsCache, DnsResolver
+from authmilter.policyfile import PolicyError, load_policy
+
+log = logging.getLogger("authmilter")
 
 
 @dataclass(frozen=True)
 class App:
     config: Config
+    policy: Policy
     resolver: DnsResolver
+    generation: int = 1
 
     def authserv_id(self, mta_j: str | None = None) -> str:
         return self.config.authserv_id or default_authserv_id(mta_j)
 
-    def evaluate(self, tx: Transaction, mta_j: str | None = None) -> Verdict:
-        return evaluate(tx, self.resolver, self.config.evaluation, self.authserv_id(mta_j))
+    def early(self, tx: Transaction, stage: Stage, *, rcpt: str | None = None,
+              spf: SpfResults | None = None) -> tuple[Verdict | None, SpfResults | None]:
+        return early_verdict(tx, self.resolver, self.config.evaluation, self.policy, stage,
+                             rcpt=rcpt, spf=spf)
+
+    def evaluate(self, tx: Transaction, mta_j: str | None = None,
+                 spf: SpfResults | None = None) -> Verdict:
+        return evaluate(tx, self.resolver, self.config.evaluation, self.authserv_id(mta_j),
+                        self.policy, spf=spf)
+
+    def evaluate_transaction(self, tx: Transaction) -> Verdict:
+        return evaluate_transaction(tx, self.resolver, self.config.evaluation, self.authserv_id(),
+                                    self.policy)
 
 
-def build_app(config: Config) -> App:
+def _resolver(config: Config) -> DnsResolver:
     dns = config.dns
     cache = DnsCache(max_entries=dns.cache_size) if dns.cache_size > 0 else None
-    resolver = DnsResolver(
-        nameservers=list(dns.nameservers), port=dns.port, timeout=dns.timeout, cache=cache
-    )
-    return App(config=config, resolver=resolver)
+    return DnsResolver(nameservers=list(dns.nameservers), port=dns.port, timeout=dns.timeout, cache=cache)
+
+
+def build_app(config: Config, previous: App | None = None) -> App:
+    """Raises PolicyError for a policy with any problem."""
+    policy = load_policy(config.policy_files) if config.policy_files else EMPTY_POLICY
+    if previous is not None and previous.config.dns == config.dns:
+        # Same DNS settings: keep the resolver, and with it the warm cache.
+        resolver = previous.resolver
+    else:
+        resolver = _resolver(config)
+    generation = previous.generation + 1 if previous else 1
+    return App(config=config, policy=policy, resolver=resolver, generation=generation)
+
+
+def load_app(path: str) -> App:
+    """Config and policy from disk; raises ConfigError or PolicyError with file, line and reason."""
+    return build_app(load_config(path))
+
+
+class AppHolder:
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> App:
+        return self._app
+
+    def reload(self) -> bool:
+        """Re-read config and policies; keep the old set if anything is wrong. True if replaced."""
+        with self._lock:
+            old = self._app
+            try:
+                new = build_app(load_config(old.config.path), previous=old)
+            except (ConfigError, PolicyError) as e:
+                log.error("reload refused, keeping generation %d: %s", old.generation,
+                          str(e).replace("\n", "; "))
+                return False
+            except Exception:
+                log.exception("reload failed, keeping generation %d", old.generation)
+                return False
+            if new.config.socket != old.config.socket:
+                log.warning("socket changed to %s: takes effect only after a restart", new.config.socket)
+            self._app = new
+            log.info("reloaded %s: generation %d, %d policy rules", old.config.path, new.generation,
+                     len(new.policy.rules))
+            return True

@@ -9,10 +9,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from authmilter.app import build_app
-from authmilter.config import Config, ConfigError, load_config
+from authmilter.app import App, AppHolder, build_app
+from authmilter.config import ConfigError, load_config
 from authmilter.core.message import split_message
 from authmilter.core.model import Transaction
+from authmilter.core.policy import explain
+from authmilter.policyfile import PolicyError, lint
 from authmilter.report import verdict_to_dict
 
 log = logging.getLogger("authmilter")
@@ -29,35 +31,32 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _load(path: str) -> Config:
+def _load(path: str) -> App:
     try:
-        return load_config(path)
+        return build_app(load_config(path))
     except ConfigError as e:
         print(f"authmilter: config error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+    except PolicyError as e:
+        print(f"authmilter: policy error:\n{e}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    app = _load(args.config)
+    config = app.config
     _setup_logging(config.log_level)
-    # Imported here so that `check` works where libmilter is not installed.
-    import Milter
-
+    # Imported here so that `check` and `policy lint` work where libmilter is not installed.
     from authmilter import milter
 
-    app = build_app(config)
-    log.info("starting on %s (config %s)", config.socket, config.path)
-    try:
-        milter.run(app)
-    except Milter.milter.error as e:
-        log.error("cannot serve on %s: %s", config.socket, e)
-        return 1
+    log.info("starting on %s (config %s, %d policy rules)", config.socket, config.path,
+             len(app.policy.rules))
+    rc = milter.run(AppHolder(app))
     log.info("stopped")
-    return 0
+    return rc
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    app = _load(args.config)
     _setup_logging("warning" if not args.verbose else "debug")
     try:
         raw = Path(args.message).read_bytes() if args.message != "-" else sys.stdin.buffer.read()
@@ -76,9 +75,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         headers=headers,
         body=body,
         queue_id="check",
+        macros={"{auth_authen}": args.auth_user or "", "{daemon_name}": args.daemon or ""},
     )
-    app = build_app(config)
-    verdict = app.evaluate(tx)
+    verdict = app.evaluate_transaction(tx)
     if args.json:
         print(json.dumps(verdict_to_dict(verdict), indent=2))
     else:
@@ -88,8 +87,38 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"(deleted forged Authentication-Results #{d.occurrence})")
         reply = f" {verdict.reply.code} {verdict.reply.status} {verdict.reply.text}" if verdict.reply else ""
         print(f"action: {verdict.action.value}{reply}")
+        for rcpt, r in verdict.rejected_rcpts:
+            print(f"rcpt {rcpt}: refused at RCPT: {r.code} {r.status} {r.text}")
         if verdict.errors:
             print(f"error: {verdict.reason}: {verdict.errors[-1].strip().splitlines()[-1]}")
+    if args.explain:
+        if verdict.decision is None:
+            print("\nexplain: no policy decision was made (fail-safe)")
+        else:
+            print()
+            for line in explain(verdict.decision):
+                print(line)
+    return 0
+
+
+def cmd_policy_lint(args: argparse.Namespace) -> int:
+    files = list(args.files)
+    if not files and args.config:
+        try:
+            files = list(load_config(args.config).policy_files)
+        except ConfigError as e:
+            print(f"authmilter: config error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+    if not files:
+        print("authmilter: policy lint: name policy files, or a config with -c", file=sys.stderr)
+        return EXIT_USAGE
+    problems = lint(files)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {len(files)} file(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {len(files)} file(s)")
     return 0
 
 
@@ -107,10 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--helo", required=True, help="HELO/EHLO name")
     c.add_argument("--mail-from", required=True, help='MAIL FROM address ("" for the null sender)')
     c.add_argument("--rcpt", action="append", help="RCPT TO address (repeatable)")
+    c.add_argument("--auth-user", help="act as if the client authenticated (SASL) as this user")
+    c.add_argument("--daemon", help="the MTA daemon name ({daemon_name}) the message came in on")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--explain", action="store_true", help="show each rule, each fact and what decided")
     c.add_argument("-v", "--verbose", action="store_true", help="debug logging to stderr")
     c.add_argument("message", help="the message file (.eml), or - for standard input")
     c.set_defaults(func=cmd_check)
+
+    pol = sub.add_parser("policy", help="policy file tools")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    lint_p = psub.add_parser("lint", help="validate policy files; exit 1 with file:line errors")
+    lint_p.add_argument("-c", "--config", help="lint the policy files this config names")
+    lint_p.add_argument("files", nargs="*", help="policy files")
+    lint_p.set_defaults(func=cmd_policy_lint)
     return p
 
 

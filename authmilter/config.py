@@ -39,6 +39,7 @@ class Config:
     milter_timeout: int = 300
     dns: DnsSettings = field(default_factory=DnsSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
+    policy_files: tuple[str, ...] = ()  # absolute; empty: no rules, every message accepted
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -136,6 +137,15 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     log_level = top.take_choice("log_level", "info", _LOG_LEVELS)
     milter_timeout = top.take_int("milter_timeout", 300, 1, 3600)
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
+    policy = top.take("policy", (str, list), [])
+    policy_list = [policy] if isinstance(policy, str) else policy
+    base = Path(path).resolve().parent
+    policy_files: list[str] = []
+    for item in policy_list:
+        if not isinstance(item, str) or not item:
+            raise top.error("policy", "expected a file name or a list of file names")
+        # Relative to the config file, so a config directory can be moved as a whole.
+        policy_files.append(str((base / item).resolve()))
 
     dns_r = top.sub("dns")
     nameservers = dns_r.take("nameservers", list, [])
@@ -170,6 +180,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         log_level=log_level,
         milter_timeout=milter_timeout,
         dns=dns,
+        policy_files=tuple(policy_files),
         evaluation=EvalSettings(
             dkim_max_signatures=max_sigs,
             dkim_min_key_bits=min_bits,

@@ -14,15 +14,19 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import Milter
+import milter
 
-from authmilter.app import App
+from authmilter.app import App, AppHolder
 from authmilter.core.evaluate import TEMPFAIL_REPLY
-from authmilter.core.model import Action, Header, Transaction, Verdict
+from authmilter.core.model import Action, Header, SpfResults, Transaction, Verdict
+from authmilter.core.policy import Stage
 from authmilter.report import log_line
 
 log = logging.getLogger("authmilter.milter")
@@ -73,7 +77,7 @@ def _text(value: str | bytes) -> str:
 class AuthMilter(Milter.Base):  # type: ignore[misc]
     """One instance per SMTP connection; several messages may pass through it."""
 
-    app: App  # set by `serve` before libmilter starts calling
+    holder: AppHolder  # set by `run` before libmilter starts calling
 
     def __init__(self) -> None:
         self.client_ip: str | None = None
@@ -81,6 +85,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.helo = ""
         self.queue_id = ""
         self._leadspc = True
+        self.app: App = self.holder.current
         self._reset()
 
     def _reset(self) -> None:
@@ -89,6 +94,25 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.headers: list[Header] = []
         self.body_chunks: list[bytes] = []
         self.queue_id = ""
+        self.macros: dict[str, str] = {}
+        self.spf: SpfResults | None = None
+
+    def _macro(self, name: str) -> str:
+        value = self.getsymval(name)
+        return _text(value) if value else ""
+
+    def _envelope(self, rcpt_list: list[str] | None = None) -> Transaction:
+        return Transaction(
+            client_ip=self.client_ip, helo=self.helo, mail_from=self.mail_from,
+            rcpts=tuple(self.rcpts if rcpt_list is None else rcpt_list),
+            client_host=self.client_host, queue_id=self.queue_id, macros=dict(self.macros),
+        )
+
+    def _refuse(self, verdict: Verdict, what: str) -> Any:
+        self._log_verdict(verdict, self._envelope())
+        if verdict.reply:
+            self.setreply(verdict.reply.code, verdict.reply.status, verdict.reply.text)
+        return Milter.TEMPFAIL if verdict.action is Action.TEMPFAIL else Milter.REJECT
 
     # Negotiation: we must be able to insert and delete headers, or a forged A-R would pass.
     def negotiate(self, opts: list[int]) -> Any:
@@ -121,13 +145,25 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
     @_raw_bytes
     def envfrom(self, mailfrom: str | bytes, *params: Any) -> Any:
         self._reset()  # a new MAIL FROM after RSET or a finished message starts a new transaction
+        # The rules in force now stay in force for this whole transaction, whatever a reload does.
+        self.app = self.holder.current
         self.mail_from = _strip_angle(_text(mailfrom))
+        for name in ("{auth_authen}", "{daemon_name}", "j"):
+            self.macros[name] = self._macro(name)
+        self.queue_id = self._macro("i")
+        verdict, self.spf = self.app.early(self._envelope(), Stage.MAIL)
+        if verdict is not None:
+            return self._refuse(verdict, "mail")
         return Milter.CONTINUE
 
     @_guarded
     @_raw_bytes
     def envrcpt(self, to: str | bytes, *params: Any) -> Any:
-        self.rcpts.append(_strip_angle(_text(to)))
+        rcpt = _strip_angle(_text(to))
+        verdict, self.spf = self.app.early(self._envelope([rcpt]), Stage.RCPT, rcpt=rcpt, spf=self.spf)
+        if verdict is not None:
+            return self._refuse(verdict, "rcpt")  # this recipient only; the MTA keeps the others
+        self.rcpts.append(rcpt)
         return Milter.CONTINUE
 
     @_guarded
@@ -153,7 +189,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def eom(self) -> Any:
-        self.queue_id = _text(self.getsymval("i") or "")
+        self.queue_id = self._macro("i") or self.queue_id
         tx = Transaction(
             client_ip=self.client_ip,
             helo=self.helo,
@@ -163,9 +199,10 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             body=b"".join(self.body_chunks),
             client_host=self.client_host,
             queue_id=self.queue_id,
+            macros=dict(self.macros),
         )
         self.body_chunks = []
-        verdict = self.app.evaluate(tx, mta_j=self.getsymval("j"))
+        verdict = self.app.evaluate(tx, mta_j=self._macro("j") or self.macros.get("j"), spf=self.spf)
         self._log_verdict(verdict, tx)
         rc = self._apply(verdict)
         self._reset()
@@ -201,14 +238,61 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             self.addheader(ins.name, _MTA_FOLD.sub("\n", ins.value), ins.index)
         if verdict.action is Action.DISCARD:
             return Milter.DISCARD
-        if verdict.action is Action.QUARANTINE:
+        if verdict.action is Action.QUARANTINE and verdict.quarantine_hold:
             self.quarantine(verdict.reason or "authmilter policy")
         return Milter.ACCEPT
 
 
-def run(app: App) -> None:
-    """Listen and serve until libmilter is told to stop (SIGTERM, SIGINT)."""
-    AuthMilter.app = app
+def run(holder: AppHolder) -> int:
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads config and policies. Returns an exit status.
+
+    libmilter's own signal thread treats SIGHUP as "stop". Running libmilter in a worker thread
+    leaves the main thread, which the kernel prefers for process-directed signals, free to run
+    Python's handlers: SIGHUP reloads, SIGTERM asks libmilter to stop and waits for it.
+    """
+    AuthMilter.holder = holder
     Milter.factory = AuthMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
-    Milter.runmilter("authmilter", app.config.socket, timeout=app.config.milter_timeout)
+    config = holder.current.config
+    failure: list[BaseException] = []
+    wake = threading.Event()
+    stop_requested = threading.Event()
+    reload_requested = threading.Event()
+
+    def serve() -> None:
+        try:
+            Milter.runmilter("authmilter", config.socket, timeout=config.milter_timeout)
+        except BaseException as e:  # reported by the main thread
+            failure.append(e)
+        finally:
+            wake.set()
+
+    def on_stop(signum: int, frame: object) -> None:
+        stop_requested.set()
+        wake.set()
+
+    def on_hup(signum: int, frame: object) -> None:
+        reload_requested.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    worker = threading.Thread(target=serve, name="libmilter", daemon=True)
+    worker.start()
+    while not stop_requested.is_set() and worker.is_alive():
+        # A timeout, so that a signal arriving between the check and the wait is never lost.
+        wake.wait(1.0)
+        wake.clear()
+        if reload_requested.is_set() and not stop_requested.is_set():
+            reload_requested.clear()
+            holder.reload()
+    if stop_requested.is_set():
+        log.info("stopping: finishing connections in flight")
+    if worker.is_alive():
+        milter.stop()
+        worker.join(30)
+    if failure:
+        log.error("cannot serve on %s: %s", config.socket, failure[0])
+        return 1
+    return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from authmilter.core.model import DkimResult, DmarcResult, SpfResult, Verdict
+from authmilter.core.model import Action, DkimResult, DmarcResult, Reply, SpfResult, Verdict
 
 
 def _spf(r: SpfResult | None) -> dict[str, Any] | None:
@@ -48,12 +48,25 @@ def _dmarc(r: DmarcResult | None) -> dict[str, Any] | None:
     }
 
 
+def _reply(r: Reply | None) -> dict[str, str] | None:
+    return None if r is None else {"code": r.code, "status": r.status, "text": r.text}
+
+
 def verdict_to_dict(v: Verdict) -> dict[str, Any]:
     res = v.results
+    d = v.decision
     return {
         "action": v.action.value,
-        "reply": None if v.reply is None else {
-            "code": v.reply.code, "status": v.reply.status, "text": v.reply.text},
+        "reply": _reply(v.reply),
+        "stage": v.stage,
+        "rule": d.rule if d else None,
+        "rule_source": d.rule_source if d and d.rule else None,
+        "override": d.override if d else None,
+        "monitor": [{"rule": m.rule, "action": m.action.value, "reply": _reply(m.reply)}
+                    for m in (d.monitored if d else ())],
+        "quarantine": None if v.action is not Action.QUARANTINE else (
+            "hold" if v.quarantine_hold else "header"),
+        "rejected_rcpts": [{"rcpt": r, "reply": _reply(rep)} for r, rep in v.rejected_rcpts],
         "reason": v.reason,
         "authentication_results": v.authentication_results or None,
         "spf": _spf(res.spf.effective) if res and res.spf else None,
@@ -82,16 +95,29 @@ def log_line(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str, mai
     ]
     res = v.results
     if res is not None:
-        parts.append(("author", res.author.domain or f"error:{res.author.error}"))
+        if res.author.domain or res.author.error:
+            parts.append(("author", res.author.domain or f"error:{res.author.error}"))
         if res.spf:
             parts.append(("spf", res.spf.effective.result))
-        parts.append(("dkim", ",".join(f"{d.result}:{d.domain}" for d in res.dkim) or "none"))
+        if v.stage == "eom":  # at MAIL or RCPT there is no message yet to have signatures
+            parts.append(("dkim", ",".join(f"{d.result}:{d.domain}" for d in res.dkim) or "none"))
         if res.dmarc:
             parts.append(("dmarc", res.dmarc.result))
             parts.append(("policy", res.dmarc.policy or "-"))
+    if v.stage != "eom":
+        parts.append(("stage", v.stage))
     parts.append(("action", v.action.value))
     if v.reply:
         parts.append(("reply", f"{v.reply.code} {v.reply.status}"))
+    d = v.decision
+    if d is not None:
+        if d.rule:
+            parts.append(("rule", d.rule))
+        if d.override:
+            parts.append(("override", d.override))
+        for m in d.monitored:
+            # What the rule would have done: the line operators grep while previewing a policy.
+            parts.append(("would", f"{m.action.value}:{m.rule}"))
     if v.header_deletes:
         parts.append(("forged_ar_deleted", str(len(v.header_deletes))))
     if v.errors:

@@ -87,6 +87,8 @@ class MtaSession:
         self._expect_continue(r, "connect")
         r = self.conn.send_ar(C.SMFIC_HELO, helo=helo)
         self._expect_continue(r, "helo")
+        self.early: Outcome | None = None
+        self.refused: list[tuple[str, str]] = []
 
     @staticmethod
     def _expect_continue(r: tuple[str, dict[str, object]], stage: str) -> None:
@@ -113,15 +115,38 @@ class MtaSession:
 
     def message(self, message: bytes, *, mail_from: str = "sender@example.org",
                 rcpts: tuple[str, ...] = ("user@example.com",), queue_id: str = "ABC123",
-                chunk: int = 65535) -> Outcome:
-        self.conn.send_macro(C.SMFIC_MAIL, **{"i": queue_id})
+                chunk: int = 65535, auth_user: str | None = None) -> Outcome:
+        self.start(mail_from=mail_from, queue_id=queue_id, auth_user=auth_user)
+        if self.early is not None:
+            return self.early
+        return self.finish(message, rcpts=rcpts, queue_id=queue_id, chunk=chunk)
+
+    def start(self, *, mail_from: str = "sender@example.org", queue_id: str = "ABC123",
+              auth_user: str | None = None) -> None:
+        """MAIL FROM only; `early` holds a refusal, else call `finish`."""
+        self.refused = []
+        macros = {"i": queue_id}
+        if auth_user:
+            macros.update({"{auth_authen}": auth_user, "{auth_type}": "PLAIN"})
+        self.conn.send_macro(C.SMFIC_MAIL, **macros)
         r = self.conn.send_ar(C.SMFIC_MAIL, args=[f"<{mail_from}>"])
-        if (o := self._early(r, "mail")) is not None:
-            return o
+        self.early = self._early(r, "mail")
+
+    def finish(self, message: bytes, *, rcpts: tuple[str, ...] = ("user@example.com",),
+               queue_id: str = "ABC123", chunk: int = 65535) -> Outcome:
+        """RCPT TO (refused recipients are dropped, as the MTA would), DATA, the message, EOM."""
+        accepted = 0
+        refusal: Outcome | None = None
         for rcpt in rcpts:
             r = self.conn.send_ar(C.SMFIC_RCPT, args=[f"<{rcpt}>"])
-            if (o := self._early(r, "rcpt")) is not None:
-                return o
+            o = self._early(r, "rcpt")
+            if o is None:
+                accepted += 1
+            else:
+                refusal = refusal or o
+                self.refused.append((rcpt, o.reply or o.action))
+        if refusal is not None and accepted == 0:
+            return refusal
         r = self.conn.send_ar(C.SMFIC_DATA)
         if (o := self._early(r, "data")) is not None:
             return o

@@ -212,8 +212,10 @@ def _dkim_clause(sig: DkimResult) -> authres.core.AuthenticationResult:
     return _finish(clause, sig.reason)
 
 
-def _dmarc_clause(dmarc: DmarcResult, author: AuthorResult) -> authres.core.AuthenticationResult:
-    comment = None
+def _dmarc_clause(
+    dmarc: DmarcResult, author: AuthorResult, override: str | None
+) -> authres.core.AuthenticationResult:
+    tags: list[str] = []
     record = dmarc.record
     if record is not None:
         # The published tags, as other verifiers show them. Tag values come from DNS; only plain
@@ -222,7 +224,10 @@ def _dmarc_clause(dmarc: DmarcResult, author: AuthorResult) -> authres.core.Auth
         tags = [f"{tag}={value}" for tag, value in published if value and _WORD_RE.match(value)]
         if dmarc.testing:
             tags.append("testing")
-        comment = _comment(" ".join(tags)) if tags else None
+    if override and _WORD_RE.match(override):
+        # Our local policy did not apply the published one; say why, in RFC 9989's words.
+        tags.append(f"override={override}")
+    comment = _comment(" ".join(tags)) if tags else None
     domain = dmarc.domain or author.domain or ""
     reason = dmarc.reason
     if not reason and author.error and dmarc.result == "permerror":
@@ -252,6 +257,7 @@ def build_authentication_results(
     *,
     client_ip: str | None = None,
     linesep: str = "\r\n",
+    dmarc_override: str | None = None,
 ) -> str:
     """The Authentication-Results value (without the field name) for `results`.
 
@@ -268,7 +274,7 @@ def build_authentication_results(
     else:
         clauses.append(authres.core.DKIMAuthenticationResult(result="none", result_comment="no signatures"))
     if results.dmarc is not None:
-        clauses.append(_dmarc_clause(results.dmarc, results.author))
+        clauses.append(_dmarc_clause(results.dmarc, results.author, dmarc_override))
     separator = ";" + linesep + "\t"
     return head + separator + separator.join(str(clause) for clause in clauses)
 

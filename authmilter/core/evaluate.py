@@ -1,9 +1,15 @@
 """The one evaluation every shell shares: a transaction and a resolver in, a verdict out.
 
-The milter, `authmilter check` and the tests all call `evaluate`, so what an operator sees on the
-command line is what the milter did. Any exception inside a check becomes the configured fail-safe
-verdict here: a bug or a hostile message must never turn into an accidental accept with a missing
-or forged Authentication-Results header.
+The milter, `authmilter check` and the tests all call these functions, so what an operator sees on
+the command line is what the milter did. Rules kept here:
+
+1. Checks report, the policy decides. `evaluate` runs SPF, DKIM and DMARC, then asks
+   `policy.decide` what to do with the facts, then builds the Authentication-Results header.
+2. Early stages only ever refuse. At MAIL FROM and RCPT TO a rule may reject or tempfail; nothing
+   is accepted early, because an accepted message must still get its Authentication-Results.
+3. Any exception inside a check or the decision becomes the configured fail-safe verdict: a bug
+   or a hostile message must never turn into an accidental accept, nor pass on a forged
+   Authentication-Results header.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import random
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from authmilter.core.author import parse_author
 from authmilter.core.authresults import build_authentication_results, forged_headers
@@ -20,20 +26,23 @@ from authmilter.core.dmarc import evaluate_dmarc
 from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import (
     Action,
+    AuthorResult,
     HeaderDelete,
     HeaderInsert,
     Reply,
     Results,
+    SpfResults,
     Transaction,
     Verdict,
 )
+from authmilter.core.policy import EMPTY_POLICY, Decision, Policy, Stage, decide, facts_for
+from authmilter.core.replies import CATALOGUE
 from authmilter.core.spf import check_spf
 
 AUTH_RESULTS = "Authentication-Results"
 
-# The reply for mail we could not evaluate. 451 4.7.1 because the cause is on our side and the
-# sender should retry; the text names no internals.
-TEMPFAIL_REPLY = Reply("451", "4.7.1", "Temporary authentication failure, try again later")
+# The reply for mail we could not evaluate: the cause is on our side and the sender should retry.
+TEMPFAIL_REPLY: Reply = CATALOGUE["fail_safe"]
 
 
 @dataclass(frozen=True)
@@ -45,14 +54,51 @@ class EvalSettings:
     fail_safe: str = "tempfail"  # "tempfail" | "accept": what evaluation errors do to mail
 
 
+def _spf(tx: Transaction, dns: Resolver, settings: EvalSettings) -> SpfResults:
+    return check_spf(tx.client_ip, tx.helo, tx.mail_from, dns,
+                     check_helo=settings.spf_check_helo, timeout=settings.spf_timeout)
+
+
+def early_verdict(
+    tx: Transaction,
+    dns: Resolver,
+    settings: EvalSettings,
+    policy: Policy,
+    stage: Stage,
+    *,
+    rcpt: str | None = None,
+    spf: SpfResults | None = None,
+) -> tuple[Verdict | None, SpfResults | None]:
+    """A refusal at MAIL FROM or RCPT TO, or None to go on; and the SPF result, to reuse at eom."""
+    if policy.earliest_stage > stage:
+        return None, spf
+    try:
+        if spf is None and policy.needs_early_spf:
+            spf = _spf(tx, dns, settings)
+        decision = decide(policy, facts_for(tx, None, stage, spf=spf, rcpt=rcpt))
+    except Exception:
+        if settings.fail_safe == "accept":
+            return None, spf
+        return _fail_safe(settings, None, (), "early decision failed", traceback.format_exc(),
+                          stage=stage), spf
+    if decision.deferred or decision.action not in (Action.REJECT, Action.TEMPFAIL):
+        return None, spf
+    results = Results(spf=spf, dkim=(), author=AuthorResult(None), dmarc=None)
+    return Verdict(decision.action, decision.reply, results, "", stage=stage.value, decision=decision,
+                   reason=f"rule {decision.rule}"), spf
+
+
 def evaluate(
     tx: Transaction,
     dns: Resolver,
     settings: EvalSettings,
     authserv_id: str,
+    policy: Policy = EMPTY_POLICY,
     *,
     sample: Callable[[], float] = random.random,
+    spf: SpfResults | None = None,
 ) -> Verdict:
+    """The end-of-message verdict. `spf` is the result already computed at an early stage, if any."""
     try:
         deletes = forged_headers(tx.headers, authserv_id)
     except Exception:
@@ -61,10 +107,7 @@ def evaluate(
         return Verdict(Action.TEMPFAIL, TEMPFAIL_REPLY, None, "", (), (), "forged-header scan failed",
                        (traceback.format_exc(),))
     try:
-        spf = check_spf(
-            tx.client_ip, tx.helo, tx.mail_from, dns,
-            check_helo=settings.spf_check_helo, timeout=settings.spf_timeout,
-        )
+        spf = spf or _spf(tx, dns, settings)
         dkim = verify_dkim(
             tx.message_bytes(), dns,
             max_signatures=settings.dkim_max_signatures, min_key_bits=settings.dkim_min_key_bits,
@@ -72,17 +115,71 @@ def evaluate(
         author = parse_author(tx.headers)
         dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
         results = Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc)
-        ar = build_authentication_results(authserv_id, results, client_ip=tx.client_ip)
     except Exception:
         return _fail_safe(settings, None, deletes, "evaluation failed", traceback.format_exc())
+    try:
+        decision = decide(policy, facts_for(tx, results, Stage.EOM, spf=spf))
+        override = decision.override if dmarc.result == "fail" else None
+        ar = build_authentication_results(authserv_id, results, client_ip=tx.client_ip,
+                                          dmarc_override=override)
+    except Exception:
+        return _fail_safe(settings, results, deletes, "policy decision failed", traceback.format_exc())
+    return _from_decision(decision, results, ar, deletes)
+
+
+def evaluate_transaction(
+    tx: Transaction,
+    dns: Resolver,
+    settings: EvalSettings,
+    authserv_id: str,
+    policy: Policy = EMPTY_POLICY,
+    *,
+    sample: Callable[[], float] = random.random,
+) -> Verdict:
+    """The whole SMTP transaction as the milter sees it: MAIL FROM, each RCPT TO, end of message.
+
+    Recipients refused at RCPT are dropped, as the MTA would drop them; if none is left the
+    first refusal is the verdict.
+    """
+    verdict, spf = early_verdict(tx, dns, settings, policy, Stage.MAIL)
+    if verdict is not None:
+        return verdict
+    kept: list[str] = []
+    refused: list[tuple[str, Verdict]] = []
+    for rcpt in tx.rcpts:
+        verdict, spf = early_verdict(tx, dns, settings, policy, Stage.RCPT, rcpt=rcpt, spf=spf)
+        if verdict is None:
+            kept.append(rcpt)
+        else:
+            refused.append((rcpt, verdict))
+    if refused and not kept:
+        return refused[0][1]
+    final = evaluate(replace(tx, rcpts=tuple(kept)), dns, settings, authserv_id, policy,
+                     sample=sample, spf=spf)
+    return replace(final, rejected_rcpts=tuple((r, v.reply) for r, v in refused if v.reply))
+
+
+def _from_decision(
+    decision: Decision, results: Results, ar: str, deletes: tuple[HeaderDelete, ...]
+) -> Verdict:
+    inserts = [HeaderInsert(0, AUTH_RESULTS, ar)]
+    hold = False
+    if decision.action is Action.QUARANTINE:
+        if decision.quarantine_mode == "header":
+            inserts.append(HeaderInsert(1, decision.quarantine_header, f"rule {decision.rule}"))
+        else:
+            hold = True
+    reason = f"rule {decision.rule}" if decision.rule else "no rule matched"
     return Verdict(
-        action=Action.ACCEPT,
-        reply=None,
+        action=decision.action,
+        reply=decision.reply,
         results=results,
         authentication_results=ar,
         header_deletes=deletes,
-        header_inserts=(HeaderInsert(0, AUTH_RESULTS, ar),),
-        reason="accepted: no policy rejects",
+        header_inserts=tuple(inserts),
+        reason=reason,
+        decision=decision,
+        quarantine_hold=hold,
     )
 
 
@@ -92,8 +189,12 @@ def _fail_safe(
     deletes: tuple[HeaderDelete, ...],
     reason: str,
     detail: str,
+    *,
+    stage: Stage = Stage.EOM,
 ) -> Verdict:
     if settings.fail_safe == "accept":
         # Accepted without our header, but never with a forged one claiming to be ours.
-        return Verdict(Action.ACCEPT, None, results, "", deletes, (), reason, (detail,))
-    return Verdict(Action.TEMPFAIL, TEMPFAIL_REPLY, results, "", (), (), reason, (detail,))
+        return Verdict(Action.ACCEPT, None, results, "", deletes, (), reason, (detail,),
+                       stage=stage.value)
+    return Verdict(Action.TEMPFAIL, TEMPFAIL_REPLY, results, "", (), (), reason, (detail,),
+                   stage=stage.value)

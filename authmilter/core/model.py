@@ -9,6 +9,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from authmilter.core.policy import Decision
 
 
 @dataclass(frozen=True)
@@ -182,3 +186,7 @@ class Verdict:
     header_inserts: tuple[HeaderInsert, ...] = ()
     reason: str = ""
     errors: tuple[str, ...] = ()
+    stage: str = "eom"  # where it was decided: "mail", "rcpt" or "eom"
+    decision: Decision | None = None  # the policy's decision, with its trace; None on fail-safe
+    quarantine_hold: bool = False  # QUARANTINE by the milter quarantine action (else by a header)
+    rejected_rcpts: tuple[tuple[str, Reply], ...] = ()  # recipients refused at RCPT

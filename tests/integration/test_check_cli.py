@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,3 +113,67 @@ def test_unreadable_message_and_bad_config(tmp_path: Path, config: Path) -> None
     eml.write_bytes(make_message())
     r = check(bad, eml, "--client-ip", "192.0.2.1", "--helo", "h", "--mail-from", "")
     assert r.returncode == 78 and "dkim.max_signatures: expected an integer" in r.stderr
+
+
+POLICIES = ROOT / "policies"
+
+
+def policy_config(tmp_path: Path, dns: DnsServer, *files: Path) -> Path:
+    p = tmp_path / "policy.toml"
+    names = ", ".join(f'"{f}"' for f in files)
+    p.write_text(f'authserv_id = "mx.test.example"\npolicy = [{names}]\n'
+                 f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\ntimeout = 1.0\n')
+    return p
+
+
+def test_json_names_the_rule_and_explain_shows_facts(tmp_path: Path, dns: DnsServer) -> None:
+    cfg = policy_config(tmp_path, dns, POLICIES / "default.toml")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message())
+    args = ("--client-ip", "203.0.113.9", "--helo", "evil.example", "--mail-from", "alice@example.org")
+    out = check_json(cfg, eml, *args)
+    assert out["action"] == "reject" and out["stage"] == "eom"
+    assert out["reply"] == {"code": "550", "status": "5.7.26", "text": out["reply"]["text"]}
+    assert out["rule"] == "dmarc-reject"
+    lines = (POLICIES / "default.toml").read_text().splitlines()
+    header = max(i for i in range(lines.index('name = "dmarc-reject"')) if lines[i] == "[[rules]]")
+    assert out["rule_source"] == f"{POLICIES / 'default.toml'}:{header + 1}"
+    r = check(cfg, eml, "--explain", *args)
+    assert r.returncode == 0, r.stderr
+    assert "decided by: rule dmarc-reject at" in r.stdout
+    assert "dmarc_policy in [reject]: is reject: yes" in r.stdout
+    assert re.search(r"spf\s+fail", r.stdout)
+
+
+def test_monitor_reports_would_and_accepts(tmp_path: Path, dns: DnsServer) -> None:
+    monitor = POLICIES / "examples" / "monitor-first.toml"
+    cfg = policy_config(tmp_path, dns, POLICIES / "default.toml", monitor)
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message())
+    out = check_json(cfg, eml, "--client-ip", "203.0.113.9", "--helo", "h",
+                     "--mail-from", "alice@example.org")
+    assert out["action"] == "accept" and out["reply"] is None and out["rule"] is None
+    assert [(m["rule"], m["action"], m["reply"]["status"]) for m in out["monitor"]] == [
+        ("dmarc-reject", "reject", "5.7.26")]
+
+
+def test_forwarder_override_is_reported(tmp_path: Path, dns: DnsServer) -> None:
+    cfg = policy_config(tmp_path, dns, POLICIES / "examples" / "forwarders.toml", POLICIES / "default.toml")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message())
+    out = check_json(cfg, eml, "--client-ip", "198.51.100.20", "--helo", "fwd.example",
+                     "--mail-from", "alice@example.org")
+    assert out["action"] == "accept" and out["rule"] == "trusted-forwarder"
+    assert out["override"] == "trusted_forwarder"
+    assert "override=trusted_forwarder" in out["authentication_results"]
+    assert out["dmarc"]["result"] == "fail"
+
+
+def test_early_rcpt_refusal_in_check(tmp_path: Path, dns: DnsServer) -> None:
+    cfg = policy_config(tmp_path, dns, POLICIES / "examples" / "strict.toml")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message())
+    out = check_json(cfg, eml, "--client-ip", "203.0.113.9", "--helo", "h.example.net",
+                     "--mail-from", "alice@example.org", "--rcpt", "bob@example.com")
+    assert out["stage"] == "rcpt" and out["action"] == "reject"
+    assert out["reply"]["code"] == "550" and out["reply"]["status"] == "5.7.23"

@@ -88,3 +88,12 @@ def test_forged_scan_failure_tempfails_even_with_fail_safe_accept(monkeypatch: p
     monkeypatch.setattr(evaluate_module, "forged_headers", _explode)
     v = evaluate(tx_for(make_message()), resolver(), EvalSettings(fail_safe="accept"), AUTHSERV)
     assert v.action is Action.TEMPFAIL and v.header_inserts == ()
+
+
+def test_exception_while_deciding_is_fail_safe_not_accept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evaluate_module, "decide", _explode)
+    msg = sign(make_message(), domain="example.org", selector="rsa", key=rsa_key())
+    v = evaluate(tx_for(msg), resolver(), EvalSettings(), AUTHSERV)
+    assert v.action is Action.TEMPFAIL and v.reply == TEMPFAIL_REPLY
+    assert v.results is not None  # the checks ran; only the decision broke
+    assert v.errors and "bug in a check" in v.errors[0]
