@@ -287,3 +287,31 @@ def test_lint_reports_file_line_errors(tmp_path: Path) -> None:
     assert f"{bad}:4:" in r.stderr and "no_such_reply" in r.stderr
     assert f"{bad}:6:" in r.stderr  # the duplicate name
     assert f"{nonutf}:1:" in r.stderr and "UTF-8" in r.stderr
+
+
+CUSTOM = """
+[[rules]]
+name = "drop-net-spoofs"
+when = { dmarc = "fail", author_domain = ["example.org"], rcpt_domain = ["drop.example"] }
+action = "discard"
+
+[[rules]]
+name = "greylike"
+when = { spf = "fail" }
+action = "tempfail"
+reply = { code = "450", status = "4.7.23", text = "SPF check failed, try again later" }
+"""
+
+
+def test_discard_and_inline_450_reply(tmp_path: Path, dns: DnsServer) -> None:
+    policy = tmp_path / "custom.toml"
+    policy.write_text(CUSTOM)
+    m = start(tmp_path, dns, policy)
+    try:
+        with m.session(client_ip="203.0.113.5") as s:
+            dropped = s.message(spoof(), mail_from="alice@example.org", rcpts=("x@drop.example",))
+            deferred = s.message(spoof(), mail_from="alice@example.org", rcpts=("x@other.example",))
+    finally:
+        m.stop()
+    assert dropped.action == "discard"
+    assert deferred.action == "tempfail" and deferred.reply == "450 4.7.23 SPF check failed, try again later"

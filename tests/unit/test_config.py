@@ -83,3 +83,15 @@ def test_missing_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spec", ["inet:8891@127.0.0.1", "inet6:8891@::1", "unix:/run/a.sock", "inet:25"])
 def test_valid_sockets(spec: str) -> None:
     assert validate_socket(spec) is None
+
+
+def test_policy_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    p = tmp_path / "etc" / "a.toml"
+    p.write_text('policy = ["../policies/default.toml", "/abs/x.toml"]\n')
+    assert load_config(p).policy_files == (str(tmp_path / "policies" / "default.toml"), "/abs/x.toml")
+    p.write_text('policy = "one.toml"\n')
+    assert load_config(p).policy_files == (str(tmp_path / "etc" / "one.toml"),)
+    p.write_text("policy = [3]\n")
+    with pytest.raises(ConfigError, match="policy: expected a file name"):
+        load_config(p)
