@@ -16,6 +16,7 @@ from authmilter.core.evaluate import early_verdict, evaluate, evaluate_transacti
 from authmilter.core.model import SpfResults, Transaction, Verdict
 from authmilter.core.policy import EMPTY_POLICY, Policy, Stage
 from authmilter.dns import DnsCache, DnsResolver
+from authmilter.metrics import Metrics
 from authmilter.policyfile import PolicyError, load_policy
 
 log = logging.getLogger("authmilter")
@@ -27,6 +28,7 @@ class App:
     policy: Policy
     resolver: DnsResolver
     generation: int = 1
+    metrics: Metrics | None = None  # kept across reloads, so counters keep counting
 
     def authserv_id(self, mta_j: str | None = None) -> str:
         return self.config.authserv_id or default_authserv_id(mta_j)
@@ -46,22 +48,28 @@ class App:
                                     self.policy)
 
 
-def _resolver(config: Config) -> DnsResolver:
+def _resolver(config: Config, metrics: Metrics | None) -> DnsResolver:
     dns = config.dns
     cache = DnsCache(max_entries=dns.cache_size) if dns.cache_size > 0 else None
-    return DnsResolver(nameservers=list(dns.nameservers), port=dns.port, timeout=dns.timeout, cache=cache)
+    return DnsResolver(nameservers=list(dns.nameservers), port=dns.port, timeout=dns.timeout, cache=cache,
+                       observer=metrics.observe_dns if metrics else None)
 
 
-def build_app(config: Config, previous: App | None = None) -> App:
+def build_app(config: Config, previous: App | None = None, *, with_metrics: bool = False) -> App:
     """Raises PolicyError for a policy with any problem."""
     policy = load_policy(config.policy_files) if config.policy_files else EMPTY_POLICY
+    metrics = previous.metrics if previous is not None else None
+    if metrics is None and with_metrics and config.metrics_listen:
+        metrics = Metrics()
     if previous is not None and previous.config.dns == config.dns:
         # Same DNS settings: keep the resolver, and with it the warm cache.
         resolver = previous.resolver
     else:
-        resolver = _resolver(config)
+        resolver = _resolver(config, metrics)
+    if metrics is not None:
+        metrics.cache_stats = lambda: resolver.cache.stats() if resolver.cache else None
     generation = previous.generation + 1 if previous else 1
-    return App(config=config, policy=policy, resolver=resolver, generation=generation)
+    return App(config=config, policy=policy, resolver=resolver, generation=generation, metrics=metrics)
 
 
 def load_app(path: str) -> App:

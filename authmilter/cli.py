@@ -14,6 +14,7 @@ from authmilter.config import ConfigError, load_config
 from authmilter.core.message import split_message
 from authmilter.core.model import Transaction
 from authmilter.core.policy import explain
+from authmilter.logsetup import setup_logging
 from authmilter.policyfile import PolicyError, lint
 from authmilter.report import verdict_to_dict
 
@@ -23,17 +24,9 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as 
 EXIT_USAGE = 64
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def _load(path: str) -> App:
+def _load(path: str, *, with_metrics: bool = False) -> App:
     try:
-        return build_app(load_config(path))
+        return build_app(load_config(path), with_metrics=with_metrics)
     except ConfigError as e:
         print(f"authmilter: config error: {e}", file=sys.stderr)
     except PolicyError as e:
@@ -42,9 +35,9 @@ def _load(path: str) -> App:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    app = _load(args.config)
+    app = _load(args.config, with_metrics=True)
     config = app.config
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format, config.log_target)
     # Imported here so that `check` and `policy lint` work where libmilter is not installed.
     from authmilter import milter
 
@@ -57,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     app = _load(args.config)
-    _setup_logging("warning" if not args.verbose else "debug")
+    setup_logging("debug" if args.verbose else "warning")
     try:
         raw = Path(args.message).read_bytes() if args.message != "-" else sys.stdin.buffer.read()
     except OSError as e:

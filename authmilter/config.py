@@ -36,6 +36,9 @@ class Config:
     socket: str = "inet:8891@127.0.0.1"
     authserv_id: str = ""  # empty: the MTA's j macro, else this host's name
     log_level: str = "info"
+    log_format: str = "kv"  # "kv" (key=value) | "json"
+    log_target: str = "stderr"  # "stderr" (journald under systemd) | "syslog"
+    metrics_listen: str = ""  # "ADDRESS:PORT" for the Prometheus endpoint; empty: off
     milter_timeout: int = 300
     dns: DnsSettings = field(default_factory=DnsSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
@@ -125,6 +128,17 @@ def validate_socket(spec: str) -> str | None:
     return "expected inet:PORT@ADDRESS, inet6:PORT@ADDRESS or unix:/PATH"
 
 
+def _listen_problem(listen: str) -> str | None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"expected ADDRESS:PORT, got {listen!r}"
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"bad address {host!r}: give an IP address"
+    return None
+
+
 def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     top = _Reader(path, data)
     sock = top.take("socket", str, Config.socket)
@@ -135,6 +149,8 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     if authserv_id and any(c.isspace() or c in ';"()\\' for c in authserv_id):
         raise top.error("authserv_id", "must be a host name without spaces, quotes, ';' or parentheses")
     log_level = top.take_choice("log_level", "info", _LOG_LEVELS)
+    log_format = top.take_choice("log_format", "kv", ("kv", "json"))
+    log_target = top.take_choice("log_target", "stderr", ("stderr", "syslog"))
     milter_timeout = top.take_int("milter_timeout", 300, 1, 3600)
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
     policy = top.take("policy", (str, list), [])
@@ -171,6 +187,14 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     check_helo = spf_r.take("check_helo", bool, True)
     spf_timeout = spf_r.take_float("timeout", 20.0, 1.0, 120.0)
     spf_r.finish()
+
+    metrics_r = top.sub("metrics")
+    metrics_listen = metrics_r.take("listen", str, "").strip()
+    if metrics_listen:
+        problem = _listen_problem(metrics_listen)
+        if problem:
+            raise metrics_r.error("listen", problem)
+    metrics_r.finish()
     top.finish()
 
     return Config(
@@ -178,6 +202,9 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         socket=sock,
         authserv_id=authserv_id,
         log_level=log_level,
+        log_format=log_format,
+        log_target=log_target,
+        metrics_listen=metrics_listen,
         milter_timeout=milter_timeout,
         dns=dns,
         policy_files=tuple(policy_files),

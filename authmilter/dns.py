@@ -226,8 +226,12 @@ class DnsResolver:
         port: int = 53,
         timeout: float = 5.0,
         cache: DnsCache | None = None,
+        observer: Callable[[str, float, DnsStatus], None] | None = None,
     ) -> None:
         """`nameservers`: IP addresses; empty means those of /etc/resolv.conf.
+
+        `observer(rdtype, seconds, status)` is told of every lookup that went to the network
+        (cache hits are not lookups); metrics use it, and it must not raise.
 
         `timeout` is dnspython's lifetime for the whole query, retries and TCP fallback included.
         dnspython sleeps a short back-off (0.1 s, then 0.2 s) before asking the same servers
@@ -235,6 +239,7 @@ class DnsResolver:
         0.2 s after `timeout`.
         """
         self.cache = cache
+        self.observer = observer
         if nameservers:
             stub = dns.resolver.Resolver(configure=False)
             stub.nameservers = list(nameservers)
@@ -265,7 +270,12 @@ class DnsResolver:
             cached = self.cache.get(key, rdtype)
             if cached is not None:
                 return cached
-        answer = self._ask(qname, rdtype)
+        if self.observer is None:
+            answer = self._ask(qname, rdtype)
+        else:
+            started = time.monotonic()
+            answer = self._ask(qname, rdtype)
+            self.observer(rdtype, time.monotonic() - started, answer.status)
         if self.cache is not None:
             self.cache.put(key, rdtype, answer)
         return answer

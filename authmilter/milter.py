@@ -11,12 +11,16 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import re
 import signal
 import socket
+import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -27,7 +31,10 @@ from authmilter.app import App, AppHolder
 from authmilter.core.evaluate import TEMPFAIL_REPLY
 from authmilter.core.model import Action, Header, SpfResults, Transaction, Verdict
 from authmilter.core.policy import Stage
-from authmilter.report import log_line
+from authmilter.logsetup import setup_logging
+from authmilter.metrics import serve_metrics
+from authmilter.report import log_fields
+from authmilter.sdnotify import notify
 
 log = logging.getLogger("authmilter.milter")
 
@@ -109,7 +116,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         )
 
     def _refuse(self, verdict: Verdict, what: str) -> Any:
-        self._log_verdict(verdict, self._envelope())
+        self._log_verdict(verdict, self._envelope(), None)
         if verdict.reply:
             self.setreply(verdict.reply.code, verdict.reply.status, verdict.reply.text)
         return Milter.TEMPFAIL if verdict.action is Action.TEMPFAIL else Milter.REJECT
@@ -202,8 +209,9 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             macros=dict(self.macros),
         )
         self.body_chunks = []
+        started = time.monotonic()
         verdict = self.app.evaluate(tx, mta_j=self._macro("j") or self.macros.get("j"), spf=self.spf)
-        self._log_verdict(verdict, tx)
+        self._log_verdict(verdict, tx, time.monotonic() - started)
         rc = self._apply(verdict)
         self._reset()
         return rc
@@ -217,14 +225,19 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
     def close(self) -> Any:
         return Milter.CONTINUE
 
-    def _log_verdict(self, verdict: Verdict, tx: Transaction) -> None:
-        line = log_line(verdict, queue_id=tx.queue_id, client_ip=tx.client_ip, helo=tx.helo,
-                        mail_from=tx.mail_from)
+    def _log_verdict(self, verdict: Verdict, tx: Transaction, seconds: float | None) -> None:
+        fields = log_fields(verdict, queue_id=tx.queue_id, client_ip=tx.client_ip, helo=tx.helo,
+                            mail_from=tx.mail_from)
+        if seconds is not None:
+            fields["ms"] = f"{seconds * 1000:.1f}"
         if verdict.errors:
-            log.error("%s detail=%r", line, verdict.errors[-1].strip().splitlines()[-1])
+            fields["detail"] = verdict.errors[-1].strip().splitlines()[-1]
+            log.error("message", extra={"fields": fields})
             log.debug("%s", verdict.errors[-1])
         else:
-            log.info("%s", line)
+            log.info("message", extra={"fields": fields})
+        if self.app.metrics is not None:
+            self.app.metrics.observe_verdict(verdict, seconds)
 
     def _apply(self, verdict: Verdict) -> Any:
         if verdict.action is Action.TEMPFAIL or verdict.action is Action.REJECT:
@@ -243,6 +256,76 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         return Milter.ACCEPT
 
 
+def _register_callbacks() -> None:
+    """Route libmilter's callbacks to `AuthMilter` instances (one per connection)."""
+    priv: Callable[[Any], AuthMilter] = lambda ctx: ctx.getpriv()  # noqa: E731
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: priv(ctx).hello(host))
+    milter.set_envfrom_callback(lambda ctx, *args: priv(ctx).envfrom_bytes(*args))
+    milter.set_envrcpt_callback(lambda ctx, *args: priv(ctx).envrcpt_bytes(*args))
+    milter.set_header_callback(lambda ctx, name, value: priv(ctx).header_bytes(name, value))
+    milter.set_eoh_callback(lambda ctx: priv(ctx).eoh())
+    milter.set_body_callback(lambda ctx, chunk: priv(ctx).body(chunk))
+    milter.set_eom_callback(lambda ctx: priv(ctx).eom())
+    milter.set_abort_callback(lambda ctx: priv(ctx).abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.register("authmilter", data=lambda ctx: priv(ctx).data(),
+                    unknown=lambda ctx, cmd: priv(ctx).unknown(cmd),
+                    negotiate=Milter.negotiate_callback)
+
+
+class ListenError(Exception):
+    """The milter socket cannot be opened; str() says why, for the operator."""
+
+
+def _check_unix_path(path: str) -> None:
+    """Refuse to clobber what is not ours; clear a stale socket left by a crash."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(path) or "/"):
+            raise ListenError(f"directory of {path} does not exist") from None
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"{path} exists and is not a socket; refusing to replace it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: a leftover from a crash
+            return
+    raise ListenError(f"another process is listening on {path}")
+
+
+def _check_inet(spec: str) -> None:
+    """Bind-test the port first: libmilter's own error does not say what is wrong."""
+    kind, _, rest = spec.partition(":")
+    port, _, host = rest.partition("@")
+    family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), int(port)))
+        except OSError as e:
+            why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise ListenError(f"cannot listen on {spec}: {why}") from None
+
+
+def open_socket(spec: str, timeout: int) -> None:
+    """Open the milter socket now, on the calling thread, so that failure is immediate and clear."""
+    if spec.startswith(("unix:", "local:")):
+        _check_unix_path(spec.split(":", 1)[1])
+    else:
+        _check_inet(spec)
+    milter.setconn(spec)
+    milter.settimeout(timeout)
+    try:
+        milter.opensocket(False)
+    except milter.error as e:
+        raise ListenError(f"cannot listen on {spec}: {e}") from None
+
+
 def run(holder: AppHolder) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads config and policies. Returns an exit status.
 
@@ -253,7 +336,17 @@ def run(holder: AppHolder) -> int:
     AuthMilter.holder = holder
     Milter.factory = AuthMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
-    config = holder.current.config
+    app = holder.current
+    config = app.config
+    _register_callbacks()
+    try:
+        open_socket(config.socket, config.milter_timeout)
+    except ListenError as e:
+        log.error("%s", e)
+        return 1
+    if app.metrics is not None:
+        serve_metrics(app.metrics, config.metrics_listen)
+
     failure: list[BaseException] = []
     wake = threading.Event()
     stop_requested = threading.Event()
@@ -261,7 +354,7 @@ def run(holder: AppHolder) -> int:
 
     def serve() -> None:
         try:
-            Milter.runmilter("authmilter", config.socket, timeout=config.milter_timeout)
+            milter.main()
         except BaseException as e:  # reported by the main thread
             failure.append(e)
         finally:
@@ -280,19 +373,59 @@ def run(holder: AppHolder) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     worker = threading.Thread(target=serve, name="libmilter", daemon=True)
     worker.start()
+    log.info("listening on %s", config.socket)
+    _notify("READY=1")
     while not stop_requested.is_set() and worker.is_alive():
         # A timeout, so that a signal arriving between the check and the wait is never lost.
-        wake.wait(1.0)
+        wake.wait(0.5)
         wake.clear()
         if reload_requested.is_set() and not stop_requested.is_set():
             reload_requested.clear()
-            holder.reload()
+            _notify("RELOADING=1")
+            old = holder.current.config
+            if holder.reload():
+                new = holder.current.config
+                if (new.log_level, new.log_format, new.log_target) != (
+                        old.log_level, old.log_format, old.log_target):
+                    setup_logging(new.log_level, new.log_format, new.log_target)
+            _notify("READY=1")
+    _notify("STOPPING=1")
     if stop_requested.is_set():
         log.info("stopping: finishing connections in flight")
     if worker.is_alive():
-        milter.stop()
+        # smfi_stop() blocks until libmilter's listener wakes from poll() (up to ~5 s); asking
+        # from a helper thread lets us wake it at once with a connection of our own.
+        stopper = threading.Thread(target=milter.stop, name="milter-stop", daemon=True)
+        stopper.start()
+        time.sleep(0.05)
+        _wake_listener(config.socket)
+        stopper.join(10)
         worker.join(30)
     if failure:
-        log.error("cannot serve on %s: %s", config.socket, failure[0])
+        log.error("milter stopped with an error: %s", failure[0])
         return 1
     return 0
+
+
+def _wake_listener(spec: str) -> None:
+    """A connection that makes libmilter's poll() return, so it sees the stop request now."""
+    try:
+        if spec.startswith(("unix:", "local:")):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1.0)
+                s.connect(spec.split(":", 1)[1])
+        else:
+            kind, _, rest = spec.partition(":")
+            port, _, host = rest.partition("@")
+            default = "::1" if kind == "inet6" else "127.0.0.1"
+            with socket.create_connection((host or default, int(port)), timeout=1.0):
+                pass
+    except OSError:
+        pass  # then libmilter stops at its own pace
+
+
+def _notify(state: str) -> None:
+    try:
+        notify(state)
+    except OSError as e:
+        log.warning("sd_notify %s failed: %s", state, e)

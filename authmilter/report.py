@@ -81,14 +81,12 @@ def verdict_to_dict(v: Verdict) -> dict[str, Any]:
     }
 
 
-def _quote(value: str) -> str:
-    if value and not any(c.isspace() or c in '"=\\' for c in value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def log_fields(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str,
+               mail_from: str) -> dict[str, str]:
+    """The fields of the one log line per message: all an operator needs to see why, nothing secret.
 
-
-def log_line(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str, mail_from: str) -> str:
-    """One key=value line per message: everything an operator needs to see why, nothing secret."""
+    Never key material, never the body; header content only as the author domain.
+    """
     parts: list[tuple[str, str]] = [
         ("qid", queue_id or "-"), ("client", client_ip or "-"), ("helo", helo or "-"),
         ("from", mail_from or "<>"),
@@ -122,4 +120,8 @@ def log_line(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str, mai
         parts.append(("forged_ar_deleted", str(len(v.header_deletes))))
     if v.errors:
         parts.append(("error", v.reason))
-    return " ".join(f"{k}={_quote(val)}" for k, val in parts)
+    fields: dict[str, str] = {}
+    for key, value in parts:
+        # Several monitored rules may each say what they would do: keep them all.
+        fields[key] = f"{fields[key]},{value}" if key in fields else value
+    return fields

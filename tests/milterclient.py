@@ -209,9 +209,10 @@ class MilterProcess:
     """A real `authmilter serve` process with its own config directory."""
 
     def __init__(self, workdir: Path, *, dns_port: int, authserv_id: str = "mx.test.example",
-                 extra: str = "", socket_spec: str | None = None) -> None:
+                 extra: str = "", socket_spec: str | None = None, port: int | None = None) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        # A given port lets a restarted milter take over where the MTA is configured to look.
+        self.port = port or free_port()
         self.socket_spec = socket_spec or f"inet:{self.port}@127.0.0.1"
         self.config = workdir / "authmilter.toml"
         self.config.write_text(
@@ -233,9 +234,9 @@ class MilterProcess:
             return self.socket_spec[5:]
         return ("127.0.0.1", self.port)
 
-    def start(self, wait: float = 15.0) -> MilterProcess:
+    def start(self, wait: float = 15.0, env: dict[str, str] | None = None) -> MilterProcess:
         self._log = open(self.logfile, "ab")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "authmilter", "serve", "-c", str(self.config)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
