@@ -248,7 +248,10 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         for d in sorted(verdict.header_deletes, key=lambda d: -d.occurrence):
             self.chgheader(d.name, d.occurrence, None)
         for ins in verdict.header_inserts:
-            self.addheader(ins.name, _MTA_FOLD.sub("\n", ins.value), ins.index)
+            value = _MTA_FOLD.sub("\n", ins.value)
+            # With HDR_LEADSPC negotiated the MTA writes our value verbatim after the colon, so
+            # the space that every other field has must be part of it.
+            self.addheader(ins.name, " " + value if self._leadspc else value, ins.index)
         if verdict.action is Action.DISCARD:
             return Milter.DISCARD
         if verdict.action is Action.QUARANTINE and verdict.quarantine_hold:

@@ -211,7 +211,7 @@ class DnsServer(ZoneData):
             return wire[:2] + b"\x81\x80\xff\xff" + b"not a DNS message"
         if fault == "servfail":
             response.set_rcode(dns.rcode.SERVFAIL)
-        elif question.rdclass != dns.rdataclass.IN:
+        elif fault == "refused" or question.rdclass != dns.rdataclass.IN:
             response.set_rcode(dns.rcode.REFUSED)
         else:
             found = self.lookup(question.name, question.rdtype)

@@ -8,7 +8,10 @@ Faults, set per exact name (case-insensitive), for every record type:
   timeout   the server never answers; ZoneResolver says TEMPERROR
   servfail  SERVFAIL; TEMPERROR
   garbage   the server replies with bytes that are not a DNS message; TEMPERROR
-A name outside every zone is REFUSED (TEMPERROR to a resolver). Wildcards are not implemented.
+  refused   REFUSED; TEMPERROR
+A name outside every zone is NXDOMAIN: the zones stand in for the whole DNS, so what they do not
+hold does not exist (a DMARC tree walk up to `_dmarc.org` must see NXDOMAIN, as it would on the
+Internet). Wildcards are not implemented.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import dns.zone
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.dns import INVALID_NAME, dns_name, record_from_rdata
 
-FAULTS = frozenset({"timeout", "servfail", "garbage"})
+FAULTS = frozenset({"timeout", "servfail", "garbage", "refused"})
 MAX_CHAIN = 8  # CNAME hops before we call it a loop
 
 
@@ -176,7 +179,7 @@ class ZoneData:
         with self._lock:
             zone = self._zone_for(qname)
             if zone is None:
-                return Lookup(dns.rcode.REFUSED)
+                return Lookup(dns.rcode.NXDOMAIN)
             result = Lookup(dns.rcode.NOERROR)
             name = qname
             for _ in range(MAX_CHAIN):

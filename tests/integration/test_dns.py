@@ -153,10 +153,15 @@ def test_servfail_is_temperror(server: DnsServer) -> None:
     assert "SERVFAIL" in answer.error
 
 
-def test_refused_outside_every_zone_is_temperror(server: DnsServer) -> None:
+def test_refused_is_temperror(server: DnsServer) -> None:
+    server.set_fault("example.invalid", "refused")
     answer = resolver(server).query("example.invalid", "A")
     assert answer.status is DnsStatus.TEMPERROR
     assert "REFUSED" in answer.error
+
+
+def test_outside_every_zone_is_nxdomain(server: DnsServer) -> None:
+    assert resolver(server).query("nothing.invalid", "TXT").status is DnsStatus.NXDOMAIN
 
 
 def test_timeout_is_temperror_within_the_budget(server: DnsServer) -> None:
@@ -223,7 +228,7 @@ def test_invalid_names_are_nxdomain_without_asking(server: DnsServer, name: str)
 
 def test_longest_valid_name_is_asked(server: DnsServer) -> None:
     name = ".".join(["a" * 61] * 4)  # 4 * 62 - 1 = 247 characters
-    assert resolver(server).query(name, "A").status is DnsStatus.TEMPERROR  # REFUSED: not ours
+    assert resolver(server).query(name, "A").status is DnsStatus.NXDOMAIN  # outside every zone
     assert server.total_queries() == 1
 
 

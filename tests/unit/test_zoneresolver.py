@@ -56,14 +56,16 @@ def test_faults_are_temperror(zr: ZoneResolver, fault: str) -> None:
     assert zr.query("mx.example.com", "A").ok
 
 
-def test_outside_every_zone_is_temperror(zr: ZoneResolver) -> None:
+def test_outside_every_zone_is_nxdomain_and_refused_is_a_fault(zr: ZoneResolver) -> None:
+    assert zr.query("example.net", "A").status is DnsStatus.NXDOMAIN
+    zr.set_fault("example.net", "refused")
     assert zr.query("example.net", "A").status is DnsStatus.TEMPERROR
 
 
 def test_zones_can_be_replaced_and_queries_are_counted(zr: ZoneResolver) -> None:
     zr.set_zone(zone_text("example.com", {"mx": "A 192.0.2.99"}))
     assert zr.query("mx.example.com", "A").records == ("192.0.2.99",)
-    assert zr.query("1.2.0.192.in-addr.arpa", "PTR").status is DnsStatus.TEMPERROR
+    assert zr.query("1.2.0.192.in-addr.arpa", "PTR").status is DnsStatus.NXDOMAIN  # zone replaced
     assert zr.query_count("mx.example.com", "A") == 1
     with pytest.raises(ValueError):
         zr.set_fault("x.example.com", "explode")

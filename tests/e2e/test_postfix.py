@@ -1,0 +1,281 @@
+"""Through a real Postfix: the replies a sending server sees, and what lands in the mailbox.
+
+One Postfix instance and one authmilter (shipped default policy) serve the whole module; see
+conftest.py for how client addresses are presented and postfix.py for the instance itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import postfix
+from tests.e2e.conftest import AUTHSERV_ID, OUTSIDE_IP, RCPT, Rig
+from tests.e2e.postfix import Delivered, Reply
+from tests.mailfactory import make_message, rsa_key, sign
+
+# Header fields virtual(8) adds when it writes the Maildir file, above everything else.
+DELIVERY_FIELDS = {"return-path", "x-original-to", "delivered-to"}
+
+
+def signed(local: str, message_id: str, *, extra: tuple[bytes, ...] = ()) -> bytes:
+    """A message from LOCAL@sender.example, DKIM-signed by sender.example (From..Message-ID)."""
+    msg = make_message(from_=f"Alice <{local}@sender.example>", to=RCPT, message_id=message_id,
+                       extra_headers=extra)
+    return sign(msg, domain="sender.example", selector="rsa", key=rsa_key())
+
+
+def authserv_id(value: str) -> str:
+    return value.split(";", 1)[0].strip()
+
+
+def ours(d: Delivered) -> list[str]:
+    return [v for v in d.headers("Authentication-Results") if authserv_id(v) == AUTHSERV_ID]
+
+
+def assert_not_delivered(rig: Rig, message_id: str) -> None:
+    # Once the queue has drained (hold aside), an accepted message would be in the Maildir:
+    # virtual(8) renames it into new/ before the queue file goes.
+    rig.postfix.wait_queue_empty()
+    assert rig.postfix.with_id(message_id) == []
+
+
+def assert_reply(reply: Reply, code: int, enhanced: str, stage: str = "eom") -> None:
+    assert (reply.stage, reply.code) == (stage, code), str(reply)
+    assert reply.text.split()[0] == enhanced, str(reply)
+
+
+# --- accepted mail ---------------------------------------------------------------------------
+
+
+def test_signed_mail_from_authorised_client_gets_one_header_of_ours_on_top(rig: Rig) -> None:
+    mid = "<good@sender.example>"
+    msg = signed("alice", mid, extra=(
+        # Forged with our authserv-id: must go. Another ADMD's: not ours to judge, must stay.
+        b"Authentication-Results: mx.test.example; dkim=pass header.d=forged.example",
+        b"Authentication-Results: other.example; spf=pass smtp.mailfrom=other.example",
+    ))
+
+    reply = rig.send(msg, mail_from="alice@sender.example")
+
+    assert reply.stage == "eom" and reply.code == 250, str(reply)
+    [d] = rig.postfix.wait_delivered(mid)
+    [ar] = ours(d)
+    assert re.search(r"\bspf=pass\b", ar) and re.search(r"\bdkim=pass\b", ar), ar
+    assert re.search(r"\bdmarc=pass\b", ar) and "header.from=sender.example" in ar, ar
+    all_ar = d.headers("Authentication-Results")
+    assert "forged.example" not in "\n".join(all_ar)
+    assert [authserv_id(v) for v in all_ar] == [AUTHSERV_ID, "other.example"]
+    # Observed order: virtual(8)'s delivery fields, then ours, then Postfix's own Received,
+    # then the message as sent. The milter's insert at index 0 lands above Postfix's Received.
+    names = [n.lower() for n, _ in d.header_fields()]
+    top = names.index("authentication-results")
+    assert set(names[:top]) <= DELIVERY_FIELDS, names
+    assert names[top + 1] == "received" and "by postfix.e2e.test" in d.header_fields()[top + 1][1]
+    assert names[top + 2] == "dkim-signature", names
+
+
+def test_local_submission_through_sendmail_passes_the_milter_too(rig: Rig) -> None:
+    # non_smtpd_milters: Postfix presents pickup's mail to the milter as from localhost
+    # [127.0.0.1], which the default policy accepts as local submission; it is still reported.
+    mid = "<local@sender.example>"
+    msg = make_message(from_="alice@sender.example", to=RCPT, message_id=mid)
+
+    rig.postfix.sendmail(msg, mail_from="alice@sender.example", rcpts=(RCPT,))
+
+    [d] = rig.postfix.wait_delivered(mid)
+    assert len(ours(d)) == 1, d.headers("Authentication-Results")
+
+
+def test_our_header_has_a_space_after_the_colon_like_every_other_field(rig: Rig) -> None:
+    mid = "<space@sender.example>"
+    assert rig.send(signed("alice", mid), mail_from="alice@sender.example").code == 250
+    [d] = rig.postfix.wait_delivered(mid)
+    line = next(x for x in d.raw.split(b"\n") if x.lower().startswith(b"authentication-results:"))
+    assert line.startswith(b"Authentication-Results: "), line
+
+
+def test_dmarc_quarantine_goes_to_the_hold_queue(rig: Rig) -> None:
+    mid = "<held@quarantine.example>"
+    before = set(rig.postfix.queued().get("hold", []))
+    msg = make_message(from_="bob@quarantine.example", to=RCPT, message_id=mid)
+
+    reply = rig.send(msg, mail_from="bob@quarantine.example", source_ip=OUTSIDE_IP,
+                     helo="mail.outside.example")
+
+    assert reply.stage == "eom" and reply.code == 250, str(reply)  # quarantine is not a refusal
+    assert_not_delivered(rig, mid)
+    new = set(rig.postfix.queued().get("hold", [])) - before
+    assert len(new) == 1, rig.postfix.queued()
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+
+def test_spoof_of_p_reject_domain_from_outside_gets_550_5_7_26_at_end_of_data(rig: Rig) -> None:
+    mid = "<spoof@sender.example>"
+    msg = make_message(from_="Alice <alice@sender.example>", to=RCPT, message_id=mid)
+
+    reply = rig.send(msg, mail_from="alice@sender.example", source_ip=OUTSIDE_IP,
+                     helo="mail.outside.example")
+
+    assert_reply(reply, 550, "5.7.26")
+    assert "DMARC" in reply.text
+    assert_not_delivered(rig, mid)
+
+
+def test_dns_temperror_on_dmarc_policy_gets_451_4_7_x(rig: Rig) -> None:
+    mid = "<temp@tempfail.example>"
+    msg = make_message(from_="carol@tempfail.example", to=RCPT, message_id=mid)
+
+    reply = rig.send(msg, mail_from="carol@tempfail.example", helo="mail.tempfail.example")
+
+    assert (reply.stage, reply.code) == ("eom", 451), str(reply)
+    assert reply.text.startswith("4.7."), str(reply)
+    assert_not_delivered(rig, mid)
+
+
+@pytest.mark.parametrize("case", ["missing", "duplicate"])
+def test_missing_or_duplicate_from_gets_550_5_7_x(rig: Rig, case: str) -> None:
+    mid = f"<from-{case}@sender.example>"
+    msg = make_message(from_="Alice <alice@sender.example>", to=RCPT, message_id=mid)
+    if case == "missing":
+        msg = msg.replace(b"From: Alice <alice@sender.example>\r\n", b"")
+    else:
+        msg = msg.replace(b"To:", b"From: mallory@outside.example\r\nTo:", 1)
+
+    reply = rig.send(msg, mail_from="alice@sender.example")
+
+    assert (reply.stage, reply.code) == ("eom", 550), str(reply)
+    assert reply.text.startswith("5.7."), str(reply)
+    assert_not_delivered(rig, mid)
+
+
+# --- failure and change of the milter --------------------------------------------------------
+
+
+def test_nothing_is_lost_while_authmilter_is_down(rig: Rig) -> None:
+    mid = "<while-down@sender.example>"
+    msg = signed("alice", mid)
+    rig.milter.stop()
+    try:
+        down = rig.send(msg, mail_from="alice@sender.example")
+    finally:
+        # Whatever happened, the rest of the module gets a milter on the configured port again.
+        rig.restart_milter()
+
+    # milter_default_action = tempfail: Postfix cannot reach the milter at CONNECT and refuses
+    # the transaction with a 4xx, so the sender keeps the message and retries.
+    assert 400 <= down.code < 500, str(down)
+    assert_not_delivered(rig, mid)
+
+    again = rig.send(msg, mail_from="alice@sender.example")
+
+    assert again.stage == "eom" and again.code == 250, str(again)
+    rig.postfix.wait_delivered(mid)
+    rig.postfix.wait_queue_empty()
+    assert len(rig.postfix.with_id(mid)) == 1
+
+
+def test_sighup_during_a_stream_loses_and_duplicates_nothing(rig: Rig) -> None:
+    threads_n, per_thread = 4, 10
+    total = threads_n * per_thread
+    hup_after = (4, 12, 20, 28)  # replies seen before each SIGHUP: every one lands mid-stream
+    proc = rig.milter.proc
+    assert proc is not None
+    replies: dict[str, Reply] = {}
+    lock = threading.Lock()
+    progress = threading.Condition(lock)
+    errors: list[BaseException] = []
+
+    def stream(t: int) -> None:
+        # One SMTP session per thread: Postfix keeps one milter connection per session, so a
+        # reload hits connections that already have transactions behind and ahead of them.
+        try:
+            with rig.client() as c:
+                for i in range(per_thread):
+                    mid = f"<stream-{t}-{i}@sender.example>"
+                    reply = c.send(signed("alice", mid), mail_from="alice@sender.example", rcpts=(RCPT,))
+                    with progress:
+                        replies[mid] = reply
+                        progress.notify_all()
+        except BaseException as e:
+            with progress:
+                errors.append(e)
+                progress.notify_all()
+
+    def reached(mark: int) -> bool:
+        return len(replies) >= mark or bool(errors)
+
+    reloads_before = rig.milter.log().count("reloaded")
+    workers = [threading.Thread(target=stream, args=(t,), daemon=True) for t in range(threads_n)]
+    for w in workers:
+        w.start()
+    sent_hups = 0
+    deadline = time.monotonic() + 60
+    for mark in hup_after:
+        with progress:
+            progress.wait_for(functools.partial(reached, mark),
+                              timeout=max(0.0, deadline - time.monotonic()))
+        os.kill(proc.pid, signal.SIGHUP)
+        sent_hups += 1
+        # Wait for this reload to show before the next SIGHUP, so none is merged with another.
+        wait_until = time.monotonic() + 10
+        while rig.milter.log().count("reloaded") < reloads_before + sent_hups:
+            assert time.monotonic() < wait_until, f"no reload logged after SIGHUP {sent_hups}"
+            time.sleep(0.02)
+    for w in workers:
+        w.join(max(0.0, deadline - time.monotonic()))
+
+    assert not errors, errors
+    assert not any(w.is_alive() for w in workers), "SMTP stream did not finish within 60s"
+    assert len(replies) == total
+    bad = {mid: str(r) for mid, r in replies.items() if (r.stage, r.code) != ("eom", 250)}
+    assert not bad
+    assert proc.poll() is None, "authmilter exited on SIGHUP"
+    rig.postfix.wait_queue_empty()
+    for mid in replies:
+        assert len(rig.postfix.with_id(mid)) == 1, mid
+    log = rig.milter.log()
+    assert log.count("reloaded") - reloads_before == sent_hups == len(hup_after)
+    # Every message of the stream got its own verdict line, none of them a failure.
+    verdicts = [x for x in log.splitlines() if "helo=mail.sender.example" in x and "action=" in x]
+    assert sum("action=accept" in x for x in verdicts) >= total
+
+
+# --- installation ----------------------------------------------------------------------------
+
+FAKE_APT = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$*" in
+  *update*) echo "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease"; exit 0 ;;
+esac
+echo "E: Unable to locate package postfix" >&2
+exit 100
+"""
+
+
+def test_install_failure_is_an_error_not_a_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Offline, apt cannot find the package even after an update: a clear error, never a skip.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt.log"
+    (bin_dir / "apt-get").write_text(FAKE_APT.format(log=calls))
+    (bin_dir / "debconf-set-selections").write_text("#!/bin/sh\ncat > /dev/null\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(postfix, "POSTFIX", tmp_path / "no" / "postfix")
+
+    with pytest.raises(postfix.PostfixUnavailable, match="Unable to locate package postfix"):
+        postfix.ensure_installed(timeout=60)
+
+    verbs = [line.split()[2] for line in calls.read_text().splitlines()]
+    assert verbs == ["install", "update", "install"]  # update only once install said "unknown"
