@@ -4,7 +4,7 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/authmilter.toml
-APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev libmilter-dev ca-certificates
+APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev libmilter-dev ca-certificates systemd
 
 .PHONY: setup system-packages run test lint unit integration clean
 
