@@ -37,7 +37,7 @@ def _load(path: str, *, with_metrics: bool = False) -> App:
 def cmd_serve(args: argparse.Namespace) -> int:
     app = _load(args.config, with_metrics=True)
     config = app.config
-    setup_logging(config.log_level, config.log_format, config.log_target)
+    setup_logging(config.log_level, config.log_format, config.log_target, config.syslog_socket)
     # Imported here so that `check` and `policy lint` work where libmilter is not installed.
     from authmilter import milter
 

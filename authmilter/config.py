@@ -38,6 +38,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "kv"  # "kv" (key=value) | "json"
     log_target: str = "stderr"  # "stderr" (journald under systemd) | "syslog"
+    syslog_socket: str = "/dev/log"
     metrics_listen: str = ""  # "ADDRESS:PORT" for the Prometheus endpoint; empty: off
     milter_timeout: int = 300
     dns: DnsSettings = field(default_factory=DnsSettings)
@@ -151,6 +152,9 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     log_level = top.take_choice("log_level", "info", _LOG_LEVELS)
     log_format = top.take_choice("log_format", "kv", ("kv", "json"))
     log_target = top.take_choice("log_target", "stderr", ("stderr", "syslog"))
+    syslog_socket = top.take("syslog_socket", str, "/dev/log")
+    if not syslog_socket.startswith("/"):
+        raise top.error("syslog_socket", "needs an absolute path")
     milter_timeout = top.take_int("milter_timeout", 300, 1, 3600)
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
     policy = top.take("policy", (str, list), [])
@@ -204,6 +208,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         log_level=log_level,
         log_format=log_format,
         log_target=log_target,
+        syslog_socket=syslog_socket,
         metrics_listen=metrics_listen,
         milter_timeout=milter_timeout,
         dns=dns,

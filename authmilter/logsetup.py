@@ -49,11 +49,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str, fmt: str = "kv", target: str = "stderr") -> None:
+def setup_logging(
+    level: str, fmt: str = "kv", target: str = "stderr", syslog_socket: str = "/dev/log"
+) -> None:
     handler: logging.Handler
     if target == "syslog":
         handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
+            address=syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL)
         # syslog wants a tag in front: "authmilter: ...".
         inner: logging.Formatter = JsonFormatter() if fmt == "json" else KeyValueFormatter(False)
         handler.setFormatter(_Tagged(inner))

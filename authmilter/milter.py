@@ -388,9 +388,9 @@ def run(holder: AppHolder) -> int:
             old = holder.current.config
             if holder.reload():
                 new = holder.current.config
-                if (new.log_level, new.log_format, new.log_target) != (
-                        old.log_level, old.log_format, old.log_target):
-                    setup_logging(new.log_level, new.log_format, new.log_target)
+                logs = (new.log_level, new.log_format, new.log_target, new.syslog_socket)
+                if logs != (old.log_level, old.log_format, old.log_target, old.syslog_socket):
+                    setup_logging(*logs)
             _notify("READY=1")
     _notify("STOPPING=1")
     if stop_requested.is_set():

@@ -248,3 +248,26 @@ def test_commands_out_of_order_get_a_defined_answer(milter: MilterProcess) -> No
     with milter.session(client_ip="192.0.2.10") as s2:
         assert s2.message(good(), mail_from="alice@example.org").action == "accept"
     assert milter.proc is not None and milter.proc.poll() is None
+
+
+def test_syslog_target_sends_mail_facility_datagrams(tmp_path: Path, dns: DnsServer) -> None:
+    path = tmp_path / "log.sock"
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(path))
+    sink.settimeout(10)
+    m = MilterProcess(tmp_path, dns_port=dns.port,
+                      extra=f'log_target = "syslog"\nsyslog_socket = "{path}"')
+    try:
+        m.start()
+        with m.session(client_ip="192.0.2.10") as s:
+            s.message(good(), mail_from="alice@example.org", queue_id="SYS1")
+        deadline = time.monotonic() + 10
+        line = b""
+        while b"qid=SYS1" not in line and time.monotonic() < deadline:
+            line = sink.recv(65536)
+    finally:
+        m.stop()
+        sink.close()
+    # <22>: facility mail (2) * 8 + severity info (6).
+    assert line.startswith(b"<22>authmilter: INFO authmilter.milter: message qid=SYS1 "), line
+    assert b"action=accept" in line
