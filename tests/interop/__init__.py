@@ -1,0 +1,1 @@
+"""Interoperability tests: other implementations (OpenDKIM, ...) judge what we produce."""
