@@ -31,7 +31,7 @@ run: setup
 	$(BIN)/authmilter serve -c $(CONFIG)
 
 lint: setup
-	$(BIN)/ruff check authmilter tests
+	$(BIN)/ruff check authmilter tests benchmarks
 	$(BIN)/mypy
 
 test: setup lint

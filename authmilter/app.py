@@ -15,9 +15,11 @@ from authmilter.config import Config, ConfigError, default_authserv_id, load_con
 from authmilter.core.evaluate import early_verdict, evaluate, evaluate_transaction
 from authmilter.core.model import SpfResults, Transaction, Verdict
 from authmilter.core.policy import EMPTY_POLICY, Policy, Stage
+from authmilter.core.signing import EMPTY_SIGNING, SigningConfig
 from authmilter.dns import DnsCache, DnsResolver
 from authmilter.metrics import Metrics
 from authmilter.policyfile import PolicyError, load_policy
+from authmilter.signingfile import SigningError, load_signing
 
 log = logging.getLogger("authmilter")
 
@@ -29,6 +31,7 @@ class App:
     resolver: DnsResolver
     generation: int = 1
     metrics: Metrics | None = None  # kept across reloads, so counters keep counting
+    signing: SigningConfig = EMPTY_SIGNING
 
     def authserv_id(self, mta_j: str | None = None) -> str:
         return self.config.authserv_id or default_authserv_id(mta_j)
@@ -41,11 +44,11 @@ class App:
     def evaluate(self, tx: Transaction, mta_j: str | None = None,
                  spf: SpfResults | None = None) -> Verdict:
         return evaluate(tx, self.resolver, self.config.evaluation, self.authserv_id(mta_j),
-                        self.policy, spf=spf)
+                        self.policy, spf=spf, signing=self.signing)
 
     def evaluate_transaction(self, tx: Transaction) -> Verdict:
         return evaluate_transaction(tx, self.resolver, self.config.evaluation, self.authserv_id(),
-                                    self.policy)
+                                    self.policy, signing=self.signing)
 
 
 def _resolver(config: Config, metrics: Metrics | None) -> DnsResolver:
@@ -56,8 +59,17 @@ def _resolver(config: Config, metrics: Metrics | None) -> DnsResolver:
 
 
 def build_app(config: Config, previous: App | None = None, *, with_metrics: bool = False) -> App:
-    """Raises PolicyError for a policy with any problem."""
+    """Raises PolicyError or SigningError for a policy or signing file with any problem.
+
+    Keys that cannot be used (missing, unreadable, too weak) are not errors here: they are logged
+    and the messages that need them get the signing settings' `on_key_error` action.
+    """
     policy = load_policy(config.policy_files) if config.policy_files else EMPTY_POLICY
+    signing = EMPTY_SIGNING
+    if config.signing_file:
+        signing, warnings = load_signing(config.signing_file)
+        for warning in warnings:
+            log.warning("signing: %s", warning)
     metrics = previous.metrics if previous is not None else None
     if metrics is None and with_metrics and config.metrics_listen:
         metrics = Metrics()
@@ -69,11 +81,12 @@ def build_app(config: Config, previous: App | None = None, *, with_metrics: bool
     if metrics is not None:
         metrics.cache_stats = lambda: resolver.cache.stats() if resolver.cache else None
     generation = previous.generation + 1 if previous else 1
-    return App(config=config, policy=policy, resolver=resolver, generation=generation, metrics=metrics)
+    return App(config=config, policy=policy, resolver=resolver, generation=generation, metrics=metrics,
+               signing=signing)
 
 
 def load_app(path: str) -> App:
-    """Config and policy from disk; raises ConfigError or PolicyError with file, line and reason."""
+    """Config, policy and signing from disk; raises ConfigError, PolicyError or SigningError."""
     return build_app(load_config(path))
 
 
@@ -92,7 +105,7 @@ class AppHolder:
             old = self._app
             try:
                 new = build_app(load_config(old.config.path), previous=old)
-            except (ConfigError, PolicyError) as e:
+            except (ConfigError, PolicyError, SigningError) as e:
                 log.error("reload refused, keeping generation %d: %s", old.generation,
                           str(e).replace("\n", "; "))
                 return False

@@ -17,6 +17,7 @@ from authmilter.core.policy import explain
 from authmilter.logsetup import setup_logging
 from authmilter.policyfile import PolicyError, lint
 from authmilter.report import verdict_to_dict
+from authmilter.signingfile import SigningError
 
 log = logging.getLogger("authmilter")
 
@@ -31,6 +32,8 @@ def _load(path: str, *, with_metrics: bool = False) -> App:
         print(f"authmilter: config error: {e}", file=sys.stderr)
     except PolicyError as e:
         print(f"authmilter: policy error:\n{e}", file=sys.stderr)
+    except SigningError as e:
+        print(f"authmilter: signing error:\n{e}", file=sys.stderr)
     raise SystemExit(EXIT_CONFIG)
 
 
@@ -76,6 +79,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         if verdict.authentication_results:
             print(f"Authentication-Results: {verdict.authentication_results}")
+        for ins in verdict.header_inserts:
+            if ins.name != "Authentication-Results":
+                print(f"{ins.name}: {ins.value}")
+        if verdict.signing is not None:
+            s = verdict.signing
+            print(f"signing ({verdict.outbound}): {s.status}" + (f": {s.reason}" if s.reason else ""))
         for d in verdict.header_deletes:
             print(f"(deleted forged Authentication-Results #{d.occurrence})")
         reply = f" {verdict.reply.code} {verdict.reply.status} {verdict.reply.text}" if verdict.reply else ""
@@ -115,6 +124,71 @@ def cmd_policy_lint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_genkey(args: argparse.Namespace) -> int:
+    # Imported here, like the milter, so that the other commands do not pay for key tooling.
+    from authmilter.keys import KeyToolError, generate_key
+
+    if args.type == "ed25519" and args.bits is not None:
+        print("authmilter: genkey: --bits applies to RSA keys only", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        key = generate_key(args.domain, args.selector, args.type, args.bits or 2048, args.out)
+    except KeyToolError as e:
+        print(f"authmilter: genkey: {e}", file=sys.stderr)
+        return 1
+    # stdout is only the record, so it can go straight into a zone file.
+    print(key.zone_text)
+    print(f"authmilter: wrote {key.path} ({key.algorithm}, mode 0600). Publish the record above, "
+          f"then add to the signing file:\n\n[keys.NAME]\ndomain = \"{key.domain}\"\n"
+          f"selector = \"{key.selector}\"\nfile = \"{key.path}\"", file=sys.stderr)
+    return 0
+
+
+def cmd_testkey(args: argparse.Namespace) -> int:
+    from authmilter.dns import DnsResolver
+    from authmilter.keys import check_published
+    from authmilter.signingfile import SigningError, load_signing
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"authmilter: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    path = args.signing or config.signing_file
+    if not path:
+        print("authmilter: testkey: the config names no signing file (signing = ...); "
+              "give one with --signing", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        signing, warnings = load_signing(path)
+    except SigningError as e:
+        print(f"authmilter: signing error:\n{e}", file=sys.stderr)
+        return EXIT_CONFIG
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    # The resolver the milter would use, uncached: each record is asked for once anyway.
+    dns = config.dns
+    resolver = DnsResolver(nameservers=list(dns.nameservers), port=dns.port, timeout=dns.timeout)
+    names = sorted(set(signing.keys) | set(signing.unavailable))
+    failed = 0
+    for name in names:
+        key = signing.keys.get(name)
+        if key is None:
+            print(f"FAIL {name}: key unavailable: {signing.unavailable[name]}")
+            failed += 1
+            continue
+        check = check_published(key, resolver)
+        for note in check.warnings:
+            print(f"warning: {name}: {note}", file=sys.stderr)
+        print(f"{'ok' if check.ok else 'FAIL'} {name}: {check.reason}")
+        failed += not check.ok
+    if failed:
+        print(f"{failed} of {len(names)} key(s) failed", file=sys.stderr)
+        return 1
+    print(f"ok: {len(names)} key(s) published and matching")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="authmilter", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     lint_p.add_argument("-c", "--config", help="lint the policy files this config names")
     lint_p.add_argument("files", nargs="*", help="policy files")
     lint_p.set_defaults(func=cmd_policy_lint)
+
+    g = sub.add_parser("genkey", help="make a DKIM key (mode 0600) and print its DNS TXT record")
+    g.add_argument("--domain", required=True, help="the signing domain (d=)")
+    g.add_argument("--selector", required=True, help="the selector (s=)")
+    g.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
+    g.add_argument("--bits", type=int, help="RSA key size: 2048 (default), 3072 or 4096")
+    g.add_argument("--out", default=".", help="directory for DOMAIN.SELECTOR.pem (default: here)")
+    g.set_defaults(func=cmd_genkey)
+
+    t = sub.add_parser("testkey", help="check that each signing key's DNS record matches the key")
+    t.add_argument("-c", "--config", required=True, help="TOML config file (its [dns] and signing file)")
+    t.add_argument("--signing", help="the signing file, instead of the one the config names")
+    t.set_defaults(func=cmd_testkey)
     return p
 
 

@@ -44,6 +44,7 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     policy_files: tuple[str, ...] = ()  # absolute; empty: no rules, every message accepted
+    signing_file: str = ""  # absolute; empty: nothing is signed
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -157,6 +158,8 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         raise top.error("syslog_socket", "needs an absolute path")
     milter_timeout = top.take_int("milter_timeout", 300, 1, 3600)
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
+    signing = top.take("signing", str, "")
+    signing_file = str((Path(path).resolve().parent / signing).resolve()) if signing else ""
     policy = top.take("policy", (str, list), [])
     policy_list = [policy] if isinstance(policy, str) else policy
     base = Path(path).resolve().parent
@@ -213,6 +216,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         milter_timeout=milter_timeout,
         dns=dns,
         policy_files=tuple(policy_files),
+        signing_file=signing_file,
         evaluation=EvalSettings(
             dkim_max_signatures=max_sigs,
             dkim_min_key_bits=min_bits,

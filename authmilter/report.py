@@ -67,6 +67,10 @@ def verdict_to_dict(v: Verdict) -> dict[str, Any]:
         "quarantine": None if v.action is not Action.QUARANTINE else (
             "hold" if v.quarantine_hold else "header"),
         "rejected_rcpts": [{"rcpt": r, "reply": _reply(rep)} for r, rep in v.rejected_rcpts],
+        "outbound": v.outbound or None,
+        "signing": None if v.signing is None else {
+            "status": v.signing.status, "domain": v.signing.domain, "keys": list(v.signing.keys),
+            "signatures": len(v.signing.signatures), "reason": v.signing.reason},
         "reason": v.reason,
         "authentication_results": v.authentication_results or None,
         "spf": _spf(res.spf.effective) if res and res.spf else None,
@@ -102,6 +106,12 @@ def log_fields(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str,
         if res.dmarc:
             parts.append(("dmarc", res.dmarc.result))
             parts.append(("policy", res.dmarc.policy or "-"))
+    if v.outbound:
+        parts.append(("outbound", v.outbound))
+    if v.signing is not None:
+        parts.append(("signing", v.signing.status))
+        if v.signing.keys:
+            parts.append(("sign_keys", ",".join(v.signing.keys)))
     if v.stage != "eom":
         parts.append(("stage", v.stage))
     parts.append(("action", v.action.value))

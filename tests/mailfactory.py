@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import dkim
 from cryptography.hazmat.primitives import serialization
@@ -44,6 +46,23 @@ def ed25519_key(n: int = 0) -> Key:
     pub = k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     # dkimpy takes an Ed25519 private key as the base64 of its 32-byte seed.
     return Key("ed25519", base64.b64encode(raw), base64.b64encode(pub).decode())
+
+
+def private_pem(key: Key) -> bytes:
+    """The private key as a PEM file holds it (PKCS#8 for Ed25519, whose dkimpy form is a seed)."""
+    if key.kind == "rsa":
+        return key.private_pem
+    seed = base64.b64decode(key.private_pem)
+    return ed25519.Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def write_private_key(path: Path, key: Key) -> Path:
+    """Created with mode 0600 from the start, as a key file must be."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem(key))
+    return path
 
 
 def make_message(*, from_: str = "Alice <alice@example.org>", to: str = "bob@example.com",

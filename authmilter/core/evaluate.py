@@ -15,6 +15,7 @@ the command line is what the milter did. Rules kept here:
 from __future__ import annotations
 
 import random
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,12 +38,22 @@ from authmilter.core.model import (
 )
 from authmilter.core.policy import EMPTY_POLICY, Decision, Policy, Stage, decide, facts_for
 from authmilter.core.replies import CATALOGUE
+from authmilter.core.signing import (
+    EMPTY_SIGNING,
+    SigningConfig,
+    SigningOutcome,
+    outbound_reason,
+    sign_message,
+)
 from authmilter.core.spf import check_spf
 
 AUTH_RESULTS = "Authentication-Results"
 
 # The reply for mail we could not evaluate: the cause is on our side and the sender should retry.
 TEMPFAIL_REPLY: Reply = CATALOGUE["fail_safe"]
+# Our own user's mail that must be signed and cannot be, right now: retry rather than send unsigned.
+SIGNING_TEMPFAIL_REPLY = Reply("451", "4.7.1", "Message cannot be signed right now, please try again later")
+DKIM_SIGNATURE = "DKIM-Signature"
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,14 @@ def evaluate(
     *,
     sample: Callable[[], float] = random.random,
     spf: SpfResults | None = None,
+    signing: SigningConfig = EMPTY_SIGNING,
+    now: float | None = None,
 ) -> Verdict:
-    """The end-of-message verdict. `spf` is the result already computed at an early stage, if any."""
+    """The end-of-message verdict. `spf` is the result already computed at an early stage, if any.
+
+    Our own users' mail (`signing` says who that is) is signed; it is also verified only when the
+    signing settings ask for it.
+    """
     try:
         deletes = forged_headers(tx.headers, authserv_id)
     except Exception:
@@ -106,6 +123,23 @@ def evaluate(
         # one tempfails even where the operator chose to accept on errors.
         return Verdict(Action.TEMPFAIL, TEMPFAIL_REPLY, None, "", (), (), "forged-header scan failed",
                        (traceback.format_exc(),))
+    outbound = ""
+    signed: tuple[HeaderInsert, ...] = ()
+    outcome: SigningOutcome | None = None
+    try:
+        outbound = outbound_reason(tx, signing.settings) or ""
+        if outbound:
+            outcome = sign_message(tx, signing, now=time.time() if now is None else now)
+            refusal = _signing_refusal(outcome, signing, outbound)
+            if refusal is not None:
+                return refusal
+            signed = tuple(HeaderInsert(0, DKIM_SIGNATURE, v) for v in outcome.signatures)
+            if not signing.settings.verify_signed:
+                return Verdict(Action.ACCEPT, None, None, "", deletes, signed,
+                               f"outbound ({outbound}): {outcome.status}", outbound=outbound,
+                               signing=outcome)
+    except Exception:
+        return _fail_safe(settings, None, (), "signing failed", traceback.format_exc())
     try:
         spf = spf or _spf(tx, dns, settings)
         dkim = verify_dkim(
@@ -124,7 +158,28 @@ def evaluate(
                                           dmarc_override=override)
     except Exception:
         return _fail_safe(settings, results, deletes, "policy decision failed", traceback.format_exc())
-    return _from_decision(decision, results, ar, deletes)
+    verdict = _from_decision(decision, results, ar, deletes)
+    if outbound:
+        # Signatures first, so the Authentication-Results inserted after them ends up on top.
+        verdict = replace(verdict, header_inserts=signed + verdict.header_inserts, outbound=outbound,
+                          signing=outcome)
+    return verdict
+
+
+def _signing_refusal(outcome: SigningOutcome, signing: SigningConfig, outbound: str) -> Verdict | None:
+    """What to do with our users' mail that should be signed and cannot be; None to go on."""
+    if outcome.status == "key-unavailable":
+        action = signing.settings.on_key_error
+        reply = SIGNING_TEMPFAIL_REPLY
+    elif outcome.status in ("bad-author", "error"):
+        action = signing.settings.on_bad_author if outcome.status == "bad-author" else "tempfail"
+        reply = CATALOGUE["bad_from"] if action == "reject" else SIGNING_TEMPFAIL_REPLY
+    else:
+        return None
+    if action == "accept":
+        return None  # the operator chose to send it unsigned; the log line says so
+    return Verdict(Action.REJECT if action == "reject" else Action.TEMPFAIL, reply, None, "", (), (),
+                   f"outbound ({outbound}): {outcome.status}", outbound=outbound, signing=outcome)
 
 
 def evaluate_transaction(
@@ -135,6 +190,7 @@ def evaluate_transaction(
     policy: Policy = EMPTY_POLICY,
     *,
     sample: Callable[[], float] = random.random,
+    signing: SigningConfig = EMPTY_SIGNING,
 ) -> Verdict:
     """The whole SMTP transaction as the milter sees it: MAIL FROM, each RCPT TO, end of message.
 
@@ -155,7 +211,7 @@ def evaluate_transaction(
     if refused and not kept:
         return refused[0][1]
     final = evaluate(replace(tx, rcpts=tuple(kept)), dns, settings, authserv_id, policy,
-                     sample=sample, spf=spf)
+                     sample=sample, spf=spf, signing=signing)
     return replace(final, rejected_rcpts=tuple((r, v.reply) for r, v in refused if v.reply))
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from authmilter.core.policy import Decision
+    from authmilter.core.signing import SigningOutcome
 
 
 @dataclass(frozen=True)
@@ -190,3 +191,5 @@ class Verdict:
     decision: Decision | None = None  # the policy's decision, with its trace; None on fail-safe
     quarantine_hold: bool = False  # QUARANTINE by the milter quarantine action (else by a header)
     rejected_rcpts: tuple[tuple[str, Reply], ...] = ()  # recipients refused at RCPT
+    outbound: str = ""  # why this is our users' mail to sign ("authenticated", ...); "" inbound
+    signing: SigningOutcome | None = None

@@ -20,7 +20,7 @@ import pytest
 from tests.dnsserver import DnsServer
 from tests.e2e.postfix import PostfixInstance, PostfixUnavailable, Reply, SmtpClient, ensure_installed
 from tests.integration.zones import zone
-from tests.mailfactory import rsa_key
+from tests.mailfactory import rsa_key, write_private_key
 from tests.milterclient import ROOT, MilterProcess, free_port
 
 DEFAULT_POLICY = ROOT / "policies" / "default.toml"
@@ -28,6 +28,7 @@ AUTHSERV_ID = "mx.test.example"
 RCPT = "bob@rcpt.example"
 AUTHORISED_IP = "127.0.2.10"  # inside every test sender's SPF record
 OUTSIDE_IP = "127.0.9.9"  # inside none of them
+INTERNAL_IP = "127.0.3.5"  # our own users' network: their mail is signed, not verified
 INSTALL_TIMEOUT = 600.0
 
 
@@ -92,12 +93,37 @@ def dns() -> Iterator[DnsServer]:
         yield server
 
 
+SIGNING = """
+[settings]
+internal_networks = ["127.0.3.0/24"]
+
+[keys.sender]
+domain = "sender.example"
+selector = "rsa"
+file = "keys/sender.pem"
+
+[[sign]]
+match = ["sender.example"]
+keys = ["sender"]
+"""
+
+
+def write_signing(home: Path) -> Path:
+    """Signing for sender.example with the key its zone publishes, for mail from INTERNAL_IP."""
+    keys = home / "keys"
+    keys.mkdir(mode=0o700)
+    write_private_key(keys / "sender.pem", rsa_key())
+    (home / "signing.toml").write_text(SIGNING)
+    return home / "signing.toml"
+
+
 def start_milter(workdir: Path, dns: DnsServer, port: int, started: list[MilterProcess]) -> MilterProcess:
     """authmilter with the shipped default policy on 127.0.0.1:`port`, in its own directory."""
     home = workdir / f"milter{len(started)}"
     home.mkdir()
+    signing = write_signing(home)
     m = MilterProcess(home, dns_port=dns.port, authserv_id=AUTHSERV_ID,
-                      extra=f'policy = ["{DEFAULT_POLICY}"]', port=port)
+                      extra=f'policy = ["{DEFAULT_POLICY}"]\nsigning = "{signing}"', port=port)
     started.append(m)  # before start(): a process that fails to come up is still stopped
     return m.start()
 

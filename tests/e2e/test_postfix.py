@@ -14,12 +14,15 @@ import threading
 import time
 from pathlib import Path
 
+import dkim
 import pytest
 
+from authmilter.core.dkim import verify_dkim
 from tests.e2e import postfix
-from tests.e2e.conftest import AUTHSERV_ID, OUTSIDE_IP, RCPT, Rig
+from tests.e2e.conftest import AUTHSERV_ID, INTERNAL_IP, OUTSIDE_IP, RCPT, Rig, sender_example
 from tests.e2e.postfix import Delivered, Reply
 from tests.mailfactory import make_message, rsa_key, sign
+from tests.zoneresolver import ZoneResolver
 
 # Header fields virtual(8) adds when it writes the Maildir file, above everything else.
 DELIVERY_FIELDS = {"return-path", "x-original-to", "delivered-to"}
@@ -92,6 +95,28 @@ def test_local_submission_through_sendmail_passes_the_milter_too(rig: Rig) -> No
 
     [d] = rig.postfix.wait_delivered(mid)
     assert len(ours(d)) == 1, d.headers("Authentication-Results")
+
+
+def test_mail_from_our_network_is_signed_and_the_signature_survives_postfix(rig: Rig) -> None:
+    mid = "<outbound@sender.example>"
+    msg = make_message(from_="Alice <alice@sender.example>", to=RCPT, message_id=mid,
+                       extra_headers=(b"X-Eight-Bit: caf\xc3\xa9",))
+    reply = rig.send(msg, mail_from="alice@sender.example", source_ip=INTERNAL_IP,
+                     helo="workstation.sender.example")
+    assert reply.code == 250, str(reply)
+    [d] = rig.postfix.wait_delivered(mid)
+    assert d.headers("DKIM-Signature") and not ours(d)  # signed, not verified (outbound)
+    # As the next hop receives it: CRLF line ends, Postfix's Received and the Maildir's own
+    # delivery headers above the signature. Our verifier and dkimpy's must both say pass.
+    wire = d.raw.replace(b"\n", b"\r\n")
+    resolver = ZoneResolver([sender_example()])
+    assert [(r.result, r.domain) for r in verify_dkim(wire, resolver)] == [("pass", "sender.example")]
+
+    def txt(name: bytes, timeout: int = 5) -> bytes | None:
+        answer = resolver.query(name.decode().rstrip("."), "TXT")
+        return answer.txt_strings()[0] if answer.ok else None
+
+    assert dkim.verify(wire, dnsfunc=txt)
 
 
 def test_our_header_has_a_space_after_the_colon_like_every_other_field(rig: Rig) -> None:

@@ -1,0 +1,1 @@
+"""Micro-benchmarks run by hand (`python -m benchmarks.NAME`); not part of the test suite."""
