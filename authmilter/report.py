@@ -48,6 +48,28 @@ def _dmarc(r: DmarcResult | None) -> dict[str, Any] | None:
     }
 
 
+def _arc(v: Verdict) -> dict[str, Any] | None:
+    chain = v.results.arc if v.results is not None else None
+    if chain is None:
+        return None
+    d = v.decision
+    override = None
+    if d is not None and d.override and d.rule:
+        # Reported as an ARC override only when the deciding rule looked at the ARC chain.
+        decided = next((t for t in d.trace if t.rule == d.rule), None)
+        if decided is not None and any(c.key.startswith("arc") for c in decided.conditions):
+            override = d.override
+    return {
+        "result": chain.result,
+        "instances": chain.instances,
+        "oldest_pass": chain.oldest_pass,
+        "sealers": list(chain.sealers),
+        "override": override,
+        "reason": chain.reason,
+        "sealed": v.arc_seal or None,
+    }
+
+
 def _reply(r: Reply | None) -> dict[str, str] | None:
     return None if r is None else {"code": r.code, "status": r.status, "text": r.text}
 
@@ -67,6 +89,7 @@ def verdict_to_dict(v: Verdict) -> dict[str, Any]:
         "quarantine": None if v.action is not Action.QUARANTINE else (
             "hold" if v.quarantine_hold else "header"),
         "rejected_rcpts": [{"rcpt": r, "reply": _reply(rep)} for r, rep in v.rejected_rcpts],
+        "arc": _arc(v),
         "outbound": v.outbound or None,
         "signing": None if v.signing is None else {
             "status": v.signing.status, "domain": v.signing.domain, "keys": list(v.signing.keys),
@@ -96,6 +119,10 @@ def log_fields(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str,
         ("from", mail_from or "<>"),
     ]
     res = v.results
+    if res is not None and res.arc is not None and res.arc.result != "none":
+        parts.append(("arc", res.arc.result))
+    if v.arc_seal:
+        parts.append(("arc_seal", v.arc_seal))
     if res is not None:
         if res.author.domain or res.author.error:
             parts.append(("author", res.author.domain or f"error:{res.author.error}"))

@@ -45,7 +45,7 @@ from authmilter.policyfile import _NAME, Problem, _key, _Locator, _type_name, _u
 
 __all__ = ["SigningError", "lint_signing", "load_signing", "parse_signing"]
 
-_TOP_KEYS = ("settings", "keys", "sign")
+_TOP_KEYS = ("settings", "keys", "sign", "arc")
 _SETTINGS_KEYS = ("authenticated", "internal_networks", "daemons", "canonicalization", "headers",
                   "oversign", "expire", "on_key_error", "on_bad_author", "verify_signed")
 _KEY_KEYS = ("domain", "selector", "file")
@@ -125,6 +125,8 @@ class _File:
         self.entries: list[SignEntry] = []
         self.keys: dict[str, SigningKey] = {}
         self.unavailable: dict[str, str] = {}
+        self.arc_key = ""
+        self.arc_seal: tuple[str, ...] = ()
 
     def error(self, path: Sequence[str | int], key: str, reason: str, value: str | None = None) -> None:
         self.errors.append(Problem(self.name, self.locator.line(path, value), key, reason))
@@ -139,6 +141,8 @@ class _File:
             keys=MappingProxyType(dict(self.keys)),
             unavailable=MappingProxyType(dict(self.unavailable)),
             file=self.name,
+            arc_key=self.arc_key,
+            arc_seal=self.arc_seal,
         )
 
     # -- the file as a whole ----------------------------------------------------------------
@@ -153,6 +157,7 @@ class _File:
         self._read_settings(data.get("settings", {}))
         self._read_keys(data.get("keys", {}))
         self._read_sign(data.get("sign", []))
+        self._read_arc(data.get("arc", {}))
         self._load_keys()
 
     def _parse(self, raw: bytes) -> dict[str, Any] | None:
@@ -174,6 +179,37 @@ class _File:
             return None
         self.locator = _Locator(text)
         return data
+
+    # -- [arc] ------------------------------------------------------------------------------
+
+    def _read_arc(self, value: object) -> None:
+        if not isinstance(value, dict):
+            self.error(("arc",), "arc", f"expected a table, got {_type_name(value)}")
+            return
+        known = {d.name for d in self.key_drafts}
+        for key, v in value.items():
+            path, name = ("arc", key), _key("arc", key)
+            if key == "key":
+                if not isinstance(v, str) or v not in known:
+                    self.error(path, name, f"{v!r} is not a key defined under [keys]")
+                else:
+                    self.arc_key = v
+            elif key == "seal":
+                items = [v] if isinstance(v, str) else v
+                if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+                    self.error(path, name, "expected a non-empty list of recipient patterns")
+                    continue
+                patterns: list[str] = []
+                for item in items:
+                    try:
+                        patterns.append(parse_pattern(item))
+                    except ValueError as e:
+                        self.error(path, name, str(e), item)
+                self.arc_seal = tuple(patterns)
+            else:
+                self.error(path, name, _unknown(key, ("key", "seal")))
+        if value and (not self.arc_key) != (not self.arc_seal):
+            self.error(("arc",), "arc", "sealing needs both a key and the recipients to seal for (seal)")
 
     # -- [settings] -------------------------------------------------------------------------
 
@@ -335,7 +371,11 @@ class _File:
                 self.warn(path, label, f"key unavailable: {result.path}: {result.reason}")
             else:
                 self.keys[d.name] = result
-            if d.name not in used:
+                if d.name == self.arc_key and result.algorithm != "rsa-sha256":
+                    # RFC 8617 defines only rsa-sha256 for ARC; dkimpy and OpenARC refuse others.
+                    self.warn(path, label, "ARC seals made with this key will not verify at most "
+                                           "receivers: ARC signatures must be rsa-sha256")
+            if d.name not in used and d.name != self.arc_key:
                 self.warn(d.path, _key("keys", d.name), "not used by any [[sign]] entry")
 
     # -- [[sign]] ---------------------------------------------------------------------------

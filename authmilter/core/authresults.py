@@ -37,11 +37,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import authres.arc
 import authres.core
 import authres.dkim_b
 import authres.dmarc
 
 from authmilter.core.model import (
+    ArcResult,
     AuthorResult,
     DkimResult,
     DmarcResult,
@@ -212,6 +214,43 @@ def _dkim_clause(sig: DkimResult) -> authres.core.AuthenticationResult:
     return _finish(clause, sig.reason)
 
 
+# Sealer domains shown in the arc= comment: enough for the usual chain, and a bound on the line
+# length whatever a 50-set chain of 253-character names would make of it.
+_SEALERS_COMMENT_MAX = 300
+
+
+def _arc_clause(arc: ArcResult, client_ip: str | None) -> authres.core.AuthenticationResult:
+    # The sealers (ARC-Seal d=, by instance) in RFC 8617 section 7.2.2's notation. They come from
+    # the message: each one is dropped unless it is a plain domain name, and they stay in a comment.
+    shown: list[str] = []
+    length = 0
+    for instance, sealer in enumerate(arc.sealers, start=1):
+        domain = _ascii_domain(sealer)
+        if domain is None:
+            continue
+        item = f"as[{instance}].d={domain}"
+        if length + len(item) > _SEALERS_COMMENT_MAX:
+            shown.append("...")
+            break
+        shown.append(item)
+        length += len(item) + 1
+    comment = _comment(" ".join(shown)) if shown else None
+    oldest_pass = None
+    if arc.result == "pass" and arc.oldest_pass is not None and arc.oldest_pass >= 0:
+        oldest_pass = str(arc.oldest_pass)
+    ip = normalize_client_ip(client_ip) if client_ip else None
+    properties = _props(
+        _prop("header", "oldest-pass", oldest_pass),
+        # Last: an IPv6 address is a quoted pvalue, which some parsers only accept at the end.
+        _prop("smtp", "remote-ip", ip),
+    )
+    clause = authres.arc.ARCAuthenticationResult(
+        result=_result_word(arc.result), result_comment=comment, properties=properties
+    )
+    # "no ARC header fields" says nothing arc=none does not.
+    return _finish(clause, arc.reason if arc.result != "none" else "")
+
+
 def _dmarc_clause(
     dmarc: DmarcResult, author: AuthorResult, override: str | None
 ) -> authres.core.AuthenticationResult:
@@ -262,7 +301,8 @@ def build_authentication_results(
     """The Authentication-Results value (without the field name) for `results`.
 
     One clause per result: the effective SPF identity, every DKIM signature (or `dkim=none`),
-    DMARC; a part whose result is None is omitted. Clauses are separated by ";" + `linesep` +
+    ARC (RFC 8617 section 10.2, with header.oldest-pass and smtp.remote-ip), DMARC; a part whose
+    result is None is omitted. Clauses are separated by ";" + `linesep` +
     TAB. Raises ValueError only for an unusable `authserv_id` (a configuration error).
     """
     head = _render_authserv_id(authserv_id)
@@ -273,6 +313,8 @@ def build_authentication_results(
         clauses.extend(_dkim_clause(sig) for sig in results.dkim)
     else:
         clauses.append(authres.core.DKIMAuthenticationResult(result="none", result_comment="no signatures"))
+    if results.arc is not None:
+        clauses.append(_arc_clause(results.arc, client_ip))
     if results.dmarc is not None:
         clauses.append(_dmarc_clause(results.dmarc, results.author, dmarc_override))
     separator = ";" + linesep + "\t"

@@ -20,6 +20,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from authmilter.core.arc import verify_arc
+from authmilter.core.arcseal import seal_message
 from authmilter.core.author import parse_author
 from authmilter.core.authresults import build_authentication_results, forged_headers
 from authmilter.core.dkim import verify_dkim
@@ -142,13 +144,15 @@ def evaluate(
         return _fail_safe(settings, None, (), "signing failed", traceback.format_exc())
     try:
         spf = spf or _spf(tx, dns, settings)
+        message = tx.message_bytes()
         dkim = verify_dkim(
-            tx.message_bytes(), dns,
+            message, dns,
             max_signatures=settings.dkim_max_signatures, min_key_bits=settings.dkim_min_key_bits,
         )
+        arc = verify_arc(message, dns)
         author = parse_author(tx.headers)
         dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
-        results = Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc)
+        results = Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc)
     except Exception:
         return _fail_safe(settings, None, deletes, "evaluation failed", traceback.format_exc())
     try:
@@ -159,11 +163,30 @@ def evaluate(
     except Exception:
         return _fail_safe(settings, results, deletes, "policy decision failed", traceback.format_exc())
     verdict = _from_decision(decision, results, ar, deletes)
+    if signing.arc_seal and verdict.action in (Action.ACCEPT, Action.QUARANTINE) and \
+            signing.arc_recipient(tx.rcpts):
+        verdict = _seal(verdict, message, signing, authserv_id, time.time() if now is None else now)
     if outbound:
         # Signatures first, so the Authentication-Results inserted after them ends up on top.
         verdict = replace(verdict, header_inserts=signed + verdict.header_inserts, outbound=outbound,
                           signing=outcome)
     return verdict
+
+
+def _seal(verdict: Verdict, message: bytes, signing: SigningConfig, authserv_id: str, now: float) -> Verdict:
+    """Add this hop's ARC set (RFC 8617) to mail we pass on, with the chain status we found."""
+    key = signing.keys.get(signing.arc_key)
+    if key is None:
+        # Reported at load; forwarding the mail unsealed is what a hop without ARC would do.
+        return replace(verdict, arc_seal=f"skipped: key {signing.arc_key} unavailable")
+    cv = verdict.results.arc.result if verdict.results and verdict.results.arc else "none"
+    outcome = seal_message(message, key, authserv_id=authserv_id,
+                           auth_results=verdict.authentication_results, cv=cv, now=now)
+    if outcome.status != "sealed":
+        return replace(verdict, arc_seal=f"{outcome.status}: {outcome.reason}")
+    arc_set = tuple(HeaderInsert(0, name, value) for name, value in outcome.headers)
+    return replace(verdict, header_inserts=verdict.header_inserts + arc_set,
+                   arc_seal=f"sealed i={outcome.instance} cv={outcome.cv}")
 
 
 def _signing_refusal(outcome: SigningOutcome, signing: SigningConfig, outbound: str) -> Verdict | None:

@@ -170,11 +170,46 @@ class HeaderDelete:
 
 
 @dataclass(frozen=True)
+class ArcHop:
+    """One ARC Set (RFC 8617 section 4.2) as its sealer described it.
+
+    Everything here is the sealer's claim, copied from its header fields; it is worth something only
+    when the chain it belongs to validated (`ArcResult.result == "pass"`) and the sealer is trusted.
+    """
+
+    instance: int  # i=
+    sealer: str  # ARC-Seal d=
+    selector: str  # ARC-Seal s=
+    cv: str  # the cv= this hop's ARC-Seal recorded: "none" | "pass" | "fail"
+    aar_authserv_id: str  # authserv-id of its ARC-Authentication-Results
+    aar: tuple[tuple[str, str], ...]  # (method, result) pairs in AAR order, e.g. ("dmarc", "pass")
+    aar_header_from: str = ""  # header.from of its dmarc result, if it had one
+
+
+@dataclass(frozen=True)
+class ArcResult:
+    """The ARC Chain Validation Status (RFC 8617 section 5.2) and what was read on the way.
+
+    result: none | pass | fail (the only values RFC 8617 registers for the "arc" method)
+    oldest_pass: header.oldest-pass when result is "pass": the lowest instance whose
+    ARC-Message-Signature still validates, 0 when all of them do; None otherwise.
+    """
+
+    result: str
+    instances: int  # N, the highest instance found (0 when none could be read)
+    oldest_pass: int | None = None
+    sealers: tuple[str, ...] = ()  # ARC-Seal d= by instance, lowest first
+    hops: tuple[ArcHop, ...] = ()  # one per instance, lowest first, when the sets could be read
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Results:
     spf: SpfResults | None
     dkim: tuple[DkimResult, ...]
     author: AuthorResult
     dmarc: DmarcResult | None
+    arc: ArcResult | None = None  # None when ARC was not evaluated
 
 
 @dataclass(frozen=True)
@@ -193,3 +228,4 @@ class Verdict:
     rejected_rcpts: tuple[tuple[str, Reply], ...] = ()  # recipients refused at RCPT
     outbound: str = ""  # why this is our users' mail to sign ("authenticated", ...); "" inbound
     signing: SigningOutcome | None = None
+    arc_seal: str = ""  # what ARC sealing did ("sealed i=2 cv=pass", "skipped: ..."); "" not asked

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Union
 
 from authmilter.core.author import normalize_domain
-from authmilter.core.model import Action, DkimResult, Reply, Results, SpfResults, Transaction
+from authmilter.core.model import Action, ArcHop, DkimResult, Reply, Results, SpfResults, Transaction
 from authmilter.core.replies import CATALOGUE
 from authmilter.core.spf import normalize_client_ip
 
@@ -131,6 +131,7 @@ SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "perm
 DKIM_RESULTS = ("pass", "fail", "neutral", "policy", "temperror", "permerror", "none")
 DMARC_RESULTS = ("pass", "fail", "none", "temperror", "permerror")
 DMARC_POLICIES = ("none", "quarantine", "reject")
+ARC_RESULTS = ("none", "pass", "fail")
 
 CONDITION_KEYS: Mapping[str, KeySpec] = MappingProxyType({
     "client_ip": KeySpec(Kind.NETWORKS, Stage.MAIL, doc="SMTP client address"),
@@ -148,6 +149,11 @@ CONDITION_KEYS: Mapping[str, KeySpec] = MappingProxyType({
     "author_domain": KeySpec(Kind.NAMES, Stage.EOM, doc="the From domain"),
     "dmarc": KeySpec(Kind.CHOICES, Stage.EOM, DMARC_RESULTS, doc="DMARC result"),
     "dmarc_policy": KeySpec(Kind.CHOICES, Stage.EOM, DMARC_POLICIES, doc="the DMARC policy that applies"),
+    "arc": KeySpec(Kind.CHOICES, Stage.EOM, ARC_RESULTS, doc="ARC chain validation (RFC 8617)"),
+    "arc_trusted_sealers": KeySpec(
+        Kind.NAMES, Stage.EOM,
+        doc="the ARC chain passes and its oldest hop sealed by one of these domains vouched for the "
+            "message (its ARC-Authentication-Results said dmarc=pass)"),
     "temperror": KeySpec(Kind.FLAG, Stage.MAIL, doc="a check known so far is temperror"),
     "permerror": KeySpec(Kind.FLAG, Stage.MAIL, doc="a check known so far is permerror"),
 })
@@ -204,6 +210,8 @@ class Condition:
         if isinstance(fact, bool):
             return fact is self.flag
         if isinstance(fact, tuple):
+            if self.key == "arc_trusted_sealers":
+                return _trusted_hop_vouches(fact, self.values)
             if self.key == "dkim":
                 return any(r in self.values for r in fact) or (not fact and "none" in self.values)
             return any(_name_matches(d, self.values) for d in fact)  # rcpt_domain: any recipient
@@ -215,6 +223,9 @@ class Condition:
 
     def covers(self, other: Condition) -> bool:
         """Whether everything `other` (same key) matches is matched by this condition too."""
+        if self.key == "arc_trusted_sealers":
+            # The oldest listed sealer decides, so a longer list can match less: never "covers".
+            return self.values == other.values
         if self.spec.kind is Kind.FLAG:
             return self.flag is other.flag
         if self.spec.kind is Kind.NETWORKS:
@@ -340,6 +351,10 @@ class Facts:
     dmarc_policy: str | None = None
     temperror: bool | None = None
     permerror: bool | None = None
+    arc: str | None = None
+    # The hops of a passing ARC chain, oldest first, each "+sealer" if its ARC-Authentication-
+    # Results vouched for the message (dmarc=pass) or "-sealer" if not; empty if the chain fails.
+    arc_trusted_sealers: tuple[str, ...] | None = None
 
     def value(self, key: str) -> FactValue:
         if key not in CONDITION_KEYS:
@@ -355,7 +370,8 @@ class Facts:
             return "true" if value else "false"
         if isinstance(value, tuple):
             if not value:
-                return "(no signatures)" if key == "dkim" else "(none)"
+                return {"dkim": "(no signatures)", "arc_trusted_sealers": "(no passing ARC chain)"}.get(
+                    key, "(none)")
             return ", ".join(v or "(none)" for v in value)
         return value or "(none)"
 
@@ -394,6 +410,8 @@ def facts_for(
     author_signed: bool | None = None
     dmarc: str | None = None
     dmarc_policy: str | None = None
+    arc: str | None = None
+    arc_hops: tuple[str, ...] | None = None
     if final and results is not None:
         dkim = tuple(d.result for d in results.dkim)
         a = results.author
@@ -402,6 +420,7 @@ def facts_for(
         author_signed = _author_signed(author_domain, results.dkim)
         if results.dmarc is not None:
             dmarc, dmarc_policy = results.dmarc.result, results.dmarc.policy
+        arc, arc_hops = _arc_facts(results)
     observed = (spf_result, dmarc, *(dkim or ()))
     return Facts(
         stage=stage,
@@ -422,7 +441,33 @@ def facts_for(
         dmarc_policy=dmarc_policy,
         temperror=_error_flag("temperror", observed, final),
         permerror=_error_flag("permerror", observed, final),
+        arc=arc,
+        arc_trusted_sealers=arc_hops,
     )
+
+
+def _arc_facts(results: Results) -> tuple[str, tuple[str, ...]]:
+    chain = results.arc
+    if chain is None:
+        return "none", ()
+    if chain.result != "pass":
+        return chain.result, ()
+    hops = sorted(chain.hops, key=lambda h: h.instance)
+    return "pass", tuple(("+" if _hop_vouches(h) else "-") + _domain_or_empty(h.sealer) for h in hops)
+
+
+def _hop_vouches(hop: ArcHop) -> bool:
+    """Whether this hop recorded, in its ARC-Authentication-Results, that DMARC passed there."""
+    return ("dmarc", "pass") in hop.aar
+
+
+def _trusted_hop_vouches(hops: Sequence[str], trusted: Sequence[str]) -> bool:
+    # What counts is the oldest hop we trust, the one nearest the original sender: a later trusted
+    # sealer only saw the message after hops we do not trust, so its word on DMARC counts less.
+    for hop in hops:
+        if _name_matches(hop[1:], trusted):
+            return hop.startswith("+")
+    return False
 
 
 def _error_flag(kind: str, observed: Sequence[str | None], final: bool) -> bool | None:

@@ -250,6 +250,22 @@ class SigningConfig:
     keys: Mapping[str, SigningKey] = field(default_factory=lambda: MappingProxyType({}))
     unavailable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # name -> why
     file: str = ""
+    # ARC sealing (RFC 8617) for the mail we forward: the key (a name in `keys`) and the recipient
+    # patterns whose mail is sealed, matched like signing patterns ("lists.example.org", "*").
+    arc_key: str = ""
+    arc_seal: tuple[str, ...] = ()
+
+    def arc_recipient(self, rcpts: Sequence[str]) -> bool:
+        """Whether mail to any of `rcpts` passes through us on its way on, and so gets an ARC set."""
+        for rcpt in rcpts:
+            local, _, domain = rcpt.strip().strip("<>").rpartition("@")
+            try:
+                domain = normalize_domain(domain)
+            except ValueError:
+                continue
+            if any(_matches(p, local.lower() + "@" + domain, domain) for p in self.arc_seal):
+                return True
+        return False
 
 
 # Signs nothing and, more to the point, calls nothing outbound: without a signing file, mail from

@@ -10,6 +10,7 @@ import pytest
 
 from authmilter.core.authresults import build_authentication_results, forged_headers
 from authmilter.core.model import (
+    ArcResult,
     AuthorResult,
     DkimResult,
     DmarcRecord,
@@ -56,8 +57,18 @@ def results(
     dkim: tuple[DkimResult, ...] = (),
     dmarc_result: DmarcResult | None = None,
     author: AuthorResult | None = None,
+    arc: ArcResult | None = None,
 ) -> Results:
-    return Results(spf, dkim, author or AuthorResult("example.com", ("user@example.com",)), dmarc_result)
+    return Results(spf, dkim, author or AuthorResult("example.com", ("user@example.com",)), dmarc_result, arc)
+
+
+def chain(
+    result: str = "pass",
+    sealers: tuple[str, ...] = ("lists.example.org", "fwd.example.net"),
+    oldest_pass: int | None = 0,
+    reason: str = "2 ARC sets validated",
+) -> ArcResult:
+    return ArcResult(result, len(sealers), oldest_pass if result == "pass" else None, sealers, (), reason)
 
 
 def unfold(value: str) -> str:
@@ -387,6 +398,91 @@ def test_folding_and_linesep() -> None:
     assert "\n" not in value.replace("\r\n\t", "")
     lf = build_authentication_results(AUTHSERV, res, linesep="\n")
     assert lf == value.replace("\r\n", "\n")
+
+
+# --- arc= (RFC 8617 section 10.2) -------------------------------------------------------------------
+
+
+def test_arc_pass_round_trip() -> None:
+    value = build_authentication_results(
+        AUTHSERV, results(spf_mailfrom(), (sig(),), dmarc(), arc=chain()), client_ip="192.0.2.1"
+    )
+    header = parse(value)
+    # After DKIM, before DMARC.
+    assert [(r.method, r.result) for r in header.results] == [
+        ("spf", "pass"),
+        ("dkim", "pass"),
+        ("arc", "pass"),
+        ("dmarc", "pass"),
+    ]
+    assert props(header.results[2]) == {"header.oldest-pass": "0", "smtp.remote-ip": "192.0.2.1"}
+    assert "arc=pass (as[1].d=lists.example.org as[2].d=fwd.example.net)" in value
+    assert top_level_clauses(value)[3].startswith("arc=pass ")
+
+
+def test_arc_oldest_pass_and_ipv6_remote_ip() -> None:
+    value = build_authentication_results(
+        AUTHSERV, results(arc=chain(oldest_pass=2)), client_ip="IPv6:2001:DB8::1"
+    )
+    (_dkim, arc) = parse(value).results
+    # An IPv6 address is not a token: it is quoted, and authres reads it back.
+    assert props(arc) == {"header.oldest-pass": "2", "smtp.remote-ip": "2001:db8::1"}
+    assert 'smtp.remote-ip="2001:db8::1"' in value
+
+
+@pytest.mark.parametrize("result", ["fail", "none"])
+def test_arc_without_pass_has_no_oldest_pass(result: str) -> None:
+    arc = chain(result, sealers=() if result == "none" else ("lists.example.org",), reason="why")
+    value = build_authentication_results(AUTHSERV, results(arc=arc), client_ip="192.0.2.1")
+    (_dkim, clause) = parse(value).results
+    assert (clause.method, clause.result) == ("arc", result)
+    assert props(clause) == {"smtp.remote-ip": "192.0.2.1"}
+    # A failed chain says why; "none" needs no reason.
+    assert clause.reason == ("why" if result == "fail" else None)
+
+
+def test_arc_without_client_ip_or_unusable_one() -> None:
+    for client_ip in (None, "not an address", "unknown"):
+        value = build_authentication_results(AUTHSERV, results(arc=chain()), client_ip=client_ip)
+        (_dkim, arc) = parse(value).results
+        assert props(arc) == {"header.oldest-pass": "0"}
+
+
+def test_no_arc_result_no_arc_clause() -> None:
+    value = build_authentication_results(AUTHSERV, results(spf_mailfrom(), (sig(),), dmarc()))
+    assert [r.method for r in parse(value).results] == ["spf", "dkim", "dmarc"]
+    assert "\tarc=" not in value
+
+
+def test_long_chain_comment_is_capped() -> None:
+    sealers = tuple(f"sealer-{n:02d}.{'x' * 40}.example" for n in range(50))
+    value = build_authentication_results(AUTHSERV, results(arc=chain(sealers=sealers)))
+    line = next(line for line in value.split("\r\n\t") if line.startswith("arc="))
+    assert len(line) < 400
+    assert "as[1].d=sealer-00." in line and "...)" in line
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_sealers_and_reason_cannot_inject(hostile: str) -> None:
+    arc = chain("fail", sealers=(hostile, "ok.example", hostile), reason=hostile)
+    value = build_authentication_results(AUTHSERV, results(spf_mailfrom(), arc=arc), client_ip=hostile)
+    lines = value.split("\r\n\t")
+    assert all(line.isascii() and line.isprintable() for line in lines), lines
+    assert all(len(line) < 400 for line in lines)
+    # The hostile sealers are left out of the comment; the plain one keeps its instance number.
+    assert "(as[2].d=ok.example)" in value
+    clauses = top_level_clauses(value)
+    assert [c.split("=", 1)[0] for c in clauses[1:]] == ["spf", "dkim", "arc"]
+    header = parse(value)
+    assert [(r.method, r.result) for r in header.results] == [
+        ("spf", "pass"),
+        ("dkim", "none"),
+        ("arc", "fail"),
+    ]
+    assert props(header.results[2]) == {}  # a hostile client_ip is no address
+    naive = [part.strip() for part in unfold(value).split(";")]
+    assert len(naive) == 4
+    assert "dkim=pass" not in value
 
 
 # --- forged header detection ----------------------------------------------------------------------

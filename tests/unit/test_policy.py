@@ -519,7 +519,8 @@ def test_explain_names_facts_rules_conditions_and_the_decision() -> None:
     assert explain(d) == lines  # the decision carries its facts
     text = "\n".join(lines)
     assert lines[0] == "stage: end of message"
-    assert "  client_ip      203.0.113.5" in lines and "  dmarc          fail" in lines
+    facts = {" ".join(line.split()) for line in lines if line.startswith("  ") and not line.startswith("   ")}
+    assert "client_ip 203.0.113.5" in facts and "dmarc fail" in facts
     assert "  1. relays (x.toml:1): no match" in lines
     assert "       authenticated = true: is false: no" in explain(decide(parse_policy(
         "a.toml", b'[[rules]]\nname = "a"\nwhen = { authenticated = true }\naction = "accept"\n'), f))
@@ -537,7 +538,7 @@ def test_explain_deferred_and_accept() -> None:
     d = decide(p, facts_for(tx(), None, Stage.RCPT, spf=spf()))
     lines = explain(d)
     assert lines[0] == "stage: RCPT TO"
-    assert "  dmarc          (not known yet)" in lines
+    assert "dmarc (not known yet)" in {" ".join(line.split()) for line in lines}
     assert any(line.startswith("  2. preview (x.toml:6): skipped") for line in lines)
     assert "       dmarc in [fail]: is (not known yet): not known" in lines
     assert lines[-1].startswith("decision: deferred (deferred: rule dmarc-reject needs dmarc")
