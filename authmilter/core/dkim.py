@@ -55,6 +55,7 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import DuplicateTag, InvalidTagValueList, parse_tag_value
 
+from authmilter.core import dkimpy_fast  # noqa: F401 - installs OpenSSL RSA and the body fast path
 from authmilter.core.dnsapi import DnsStatus, Resolver
 from authmilter.core.model import DkimResult
 

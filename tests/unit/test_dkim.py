@@ -973,3 +973,23 @@ def test_rfc6376_a1_resigned_with_appendix_c_key_verifies() -> None:
     )
     r = only(verify(signed, _zone_file("rfc6376-c.zone")))
     assert (r.result, r.key_bits, r.identity) == ("pass", 1024, "joe@football.example.com")
+
+
+def test_rsa_verification_goes_through_openssl_and_agrees_with_dkimpy() -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes as chashes
+    from cryptography.hazmat.primitives.asymmetric import padding as cpadding
+    from cryptography.hazmat.primitives.asymmetric import rsa as crsa
+
+    ours = dkim.RSASSA_PKCS1_v1_5_verify
+    original = ours.authmilter_original  # dkimpy's pure-Python function, kept for other key kinds
+    assert ours is not original
+    private = crsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = private.public_key().public_numbers()
+    public = {"modulus": numbers.n, "publicExponent": numbers.e}
+    good = private.sign(b"message", cpadding.PKCS1v15(), chashes.SHA256())
+    for signature, data in ((good, b"message"), (good, b"other message"), (good[:-1] + b"\0", b"message"),
+                            (b"short", b"message")):
+        assert ours(hashlib.sha256(data), signature, public) == bool(
+            original(hashlib.sha256(data), signature, public)) == (signature == good and data == b"message")
