@@ -78,6 +78,7 @@ from authmilter.core.dkim import (
     _NULL_LOGGER,
     CLOCK_SKEW_SECONDS,
     MAX_SIGNATURE_FIELD_BYTES,
+    ParsedMessage,
     _fetch_key,
     _headers_for,
     _is_dns_name,
@@ -171,7 +172,7 @@ class _Context:
 
 
 def verify_arc(
-    message: bytes,
+    message: bytes | ParsedMessage,
     resolver: Resolver,
     *,
     min_key_bits: int = 1024,
@@ -184,7 +185,7 @@ def verify_arc(
     time. Never raises: anything unexpected is a "fail" with the reason.
     """
     try:
-        msg = _split_message(bytes(message))
+        msg = message if isinstance(message, ParsedMessage) else _split_message(bytes(message))
         ctx = _Context(
             message=msg,
             resolver=resolver,

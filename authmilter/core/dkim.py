@@ -97,9 +97,6 @@ _KEY_TYPE = {b"rsa-sha256": b"rsa", b"rsa-sha1": b"rsa", b"ed25519-sha256": b"ed
 _REQUIRED = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
 
 _LINE_BREAK = re.compile(rb"\r?\n")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-# The first empty line ends the header section; lines end in CRLF or (tolerated) bare LF.
-_END_OF_HEADERS = re.compile(rb"(?:\A|\n)(\r?\n)")
 # A field name is printable US-ASCII except ":" and must be followed directly by the colon
 # (the same rule dkimpy's parser applies).
 _FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+):")
@@ -143,6 +140,9 @@ class _Message:
     sig_positions: list[int]  # positions of the DKIM-Signature fields
 
 
+ParsedMessage = _Message
+
+
 @dataclass
 class _Context:
     message: _Message
@@ -178,7 +178,7 @@ MAX_REPORTED_SIGNATURES = 50
 
 
 def verify_dkim(
-    message: bytes,
+    message: bytes | ParsedMessage,
     resolver: Resolver,
     *,
     max_signatures: int = 10,
@@ -193,7 +193,7 @@ def verify_dkim(
     x= and t=; it defaults to the current time. Never raises.
     """
     try:
-        msg = _split_message(bytes(message))
+        msg = message if isinstance(message, _Message) else _split_message(bytes(message))
         sig_values = [msg.fields[p][1] for p in msg.sig_positions]
         if not sig_values:
             return ()
@@ -231,6 +231,24 @@ def verify_dkim(
 # --- message splitting --------------------------------------------------------------------------
 
 
+def _head_and_body(message: bytes) -> tuple[bytes, bytes]:
+    """The header section (with its last line break) and the body, split at the first empty line."""
+    for blank in (b"\r\n", b"\n"):
+        if message.startswith(blank):
+            return b"", message[len(blank):]
+    ends = [(i + 1, i + 1 + len(blank)) for blank in (b"\r\n", b"\n")
+            if (i := message.find(b"\n" + blank)) >= 0]
+    if not ends:  # headers only, no empty line: the body is empty
+        return message, b""
+    start, body_start = min(ends)
+    return message[:start], message[body_start:]
+
+
+def parse_message(message: bytes) -> ParsedMessage:
+    """The message split once for DKIM and ARC, which both take it instead of the bytes."""
+    return _split_message(bytes(message))
+
+
 def _split_message(message: bytes) -> _Message:
     """Split into header fields and body the way dkimpy's parser does for well-formed input.
 
@@ -238,14 +256,10 @@ def _split_message(message: bytes) -> _Message:
     continuation with no field before it) is skipped instead of failing the whole message; the work
     is linear in the size of the header section.
     """
-    end = _END_OF_HEADERS.search(message)
-    if end is None:  # headers only, no empty line: the body is empty
-        head, body = message, b""
-    else:
-        head, body = message[: end.start(1)], message[end.end(1) :]
-    if _BARE_LF.search(body):
+    head, body = _head_and_body(message)
+    if body.count(b"\n") != body.count(b"\r\n"):
         # SMTP delivers CRLF; a bare LF here means a local tool wrote the message, and dkimpy would
-        # read such lines as CRLF lines too.
+        # read such lines as CRLF lines too. (Two counts in C: a regex scan would cost more.)
         body = _LINE_BREAK.sub(b"\r\n", body)
 
     fields: list[tuple[bytes, bytes]] = []

@@ -24,7 +24,7 @@ from authmilter.core.arc import verify_arc
 from authmilter.core.arcseal import seal_message
 from authmilter.core.author import parse_author
 from authmilter.core.authresults import build_authentication_results, forged_headers
-from authmilter.core.dkim import verify_dkim
+from authmilter.core.dkim import parse_message, verify_dkim
 from authmilter.core.dmarc import evaluate_dmarc
 from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import (
@@ -145,11 +145,12 @@ def evaluate(
     try:
         spf = spf or _spf(tx, dns, settings)
         message = tx.message_bytes()
+        parsed = parse_message(message)  # once, for DKIM and ARC both
         dkim = verify_dkim(
-            message, dns,
+            parsed, dns,
             max_signatures=settings.dkim_max_signatures, min_key_bits=settings.dkim_min_key_bits,
         )
-        arc = verify_arc(message, dns)
+        arc = verify_arc(parsed, dns)
         author = parse_author(tx.headers)
         dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
         results = Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc)

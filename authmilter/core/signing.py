@@ -385,6 +385,8 @@ def header_name_problem(name: str) -> str | None:
 def outbound_reason(tx: Transaction, settings: SigningSettings) -> str | None:
     """Why this is our users' mail to sign: "authenticated", "internal" or "daemon:NAME"; None
     for everyone else's mail, which is never signed."""
+    if not (settings.authenticated or settings.internal_networks or settings.daemons):
+        return None  # nothing is configured to be signed: spare every message the facts below
     # The facts the policy language sees, so "authenticated", "client_ip" and "daemon" mean the
     # very same thing in a policy rule and here (macro spellings, IPv4-mapped clients, ...).
     facts = facts_for(tx, None, Stage.MAIL)

@@ -45,6 +45,7 @@ Choices where RFC 7208 leaves room
 from __future__ import annotations
 
 import contextvars
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -148,6 +149,7 @@ def _spf_domain(raw: str) -> str | None:
     return name.lower()
 
 
+@functools.lru_cache(maxsize=4096)  # several callers per message, few distinct clients
 def normalize_client_ip(client_ip: str) -> str | None:
     """Normalized text of the client IP as SPF sees it, or None when it is not an address.
 
