@@ -39,3 +39,8 @@ test: setup lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The load benchmark (benchmarks/README.md): `make bench BENCH_ARGS="-n 300 --scenario inbound"`.
+.PHONY: bench
+bench: setup
+	$(BIN)/python -m benchmarks.load $(BENCH_ARGS)
