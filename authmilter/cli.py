@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from authmilter.app import App, AppHolder, build_app
-from authmilter.config import ConfigError, load_config
+from authmilter.config import ConfigError, load_config, parse_workers, worker_count, workers_problem
 from authmilter.core.message import split_message
 from authmilter.core.model import Transaction
 from authmilter.core.policy import explain
@@ -25,9 +26,15 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as 
 EXIT_USAGE = 64
 
 
-def _load(path: str, *, with_metrics: bool = False) -> App:
+def _load(path: str, *, with_metrics: bool = False, workers: int | str | None = None) -> App:
     try:
-        return build_app(load_config(path), with_metrics=with_metrics)
+        config = load_config(path)
+        if workers is not None:  # serve --workers overrides the file
+            problem = workers_problem(workers, config.metrics_listen)
+            if problem:
+                raise ConfigError(f"--workers {workers}: {problem}")
+            config = dataclasses.replace(config, workers=workers)
+        return build_app(config, with_metrics=with_metrics)
     except ConfigError as e:
         print(f"authmilter: config error: {e}", file=sys.stderr)
     except PolicyError as e:
@@ -38,17 +45,30 @@ def _load(path: str, *, with_metrics: bool = False) -> App:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    app = _load(args.config, with_metrics=True)
+    app = _load(args.config, with_metrics=True, workers=args.workers)
     config = app.config
     setup_logging(config.log_level, config.log_format, config.log_target, config.syslog_socket)
+    workers = worker_count(config.workers)
+    log.info("starting on %s (config %s, %d policy rules, %d worker%s)", config.socket, config.path,
+             len(app.policy.rules), workers, "" if workers == 1 else "s")
     # Imported here so that `check` and `policy lint` work where libmilter is not installed.
-    from authmilter import milter
+    if workers == 1:
+        from authmilter import milter
 
-    log.info("starting on %s (config %s, %d policy rules)", config.socket, config.path,
-             len(app.policy.rules))
-    rc = milter.run(AppHolder(app))
+        rc = milter.run(AppHolder(app))
+    else:
+        from authmilter import pool
+
+        rc = pool.supervise(AppHolder(app), workers)
     log.info("stopped")
     return rc
+
+
+def _workers_arg(text: str) -> int | str:
+    try:
+        return parse_workers(int(text) if text.strip().isdigit() else text.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -195,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the milter")
     s.add_argument("-c", "--config", required=True, help="TOML config file")
+    s.add_argument("--workers", type=_workers_arg, metavar="N",
+                   help='worker processes, or "auto" for one per CPU (overrides the config\'s workers)')
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check", help="evaluate one message as the milter would")

@@ -8,6 +8,7 @@ not warnings: a misspelt key silently ignored is a security setting silently not
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket as _socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -41,6 +42,9 @@ class Config:
     syslog_socket: str = "/dev/log"
     metrics_listen: str = ""  # "ADDRESS:PORT" for the Prometheus endpoint; empty: off
     milter_timeout: int = 300
+    # Processes serving the socket: a count, or "auto" for one per CPU. 1 (no supervisor) is the
+    # default because it is what small sites need and because [metrics] needs it.
+    workers: int | str = 1
     dns: DnsSettings = field(default_factory=DnsSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     policy_files: tuple[str, ...] = ()  # absolute; empty: no rules, every message accepted
@@ -48,6 +52,7 @@ class Config:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_WORKERS = 256
 _FAIL_SAFE = ("tempfail", "accept")
 
 
@@ -130,6 +135,39 @@ def validate_socket(spec: str) -> str | None:
     return "expected inet:PORT@ADDRESS, inet6:PORT@ADDRESS or unix:/PATH"
 
 
+def parse_workers(value: object) -> int | str:
+    """A worker count or "auto"; raises ValueError saying what is wrong."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'expected a number of processes or "auto", got {value!r}')
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be between 1 and {MAX_WORKERS}, got {value}")
+    return value
+
+
+def worker_count(workers: int | str) -> int:
+    """How many processes `workers` means on this machine."""
+    if workers != "auto":
+        return int(workers)
+    try:
+        # The CPUs this process may run on (taskset, systemd's CPUAffinity=), not all there are.
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+def workers_problem(workers: int | str, metrics_listen: str) -> str | None:
+    """Why these two settings cannot go together, or None."""
+    if metrics_listen and workers != 1:
+        # Each process would count only the messages it handled, and a scrape would see one
+        # process at random. Not machine-dependent: "auto" is refused even on one CPU.
+        return ("[metrics] listen needs workers = 1: each worker process would count only its own "
+                "messages; remove one of the two")
+    return None
+
+
 def _listen_problem(listen: str) -> str | None:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -157,6 +195,10 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     if not syslog_socket.startswith("/"):
         raise top.error("syslog_socket", "needs an absolute path")
     milter_timeout = top.take_int("milter_timeout", 300, 1, 3600)
+    try:
+        workers = parse_workers(top.table.pop("workers", 1))
+    except ValueError as e:
+        raise top.error("workers", str(e)) from None
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
     signing = top.take("signing", str, "")
     signing_file = str((Path(path).resolve().parent / signing).resolve()) if signing else ""
@@ -202,6 +244,9 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         if problem:
             raise metrics_r.error("listen", problem)
     metrics_r.finish()
+    problem = workers_problem(workers, metrics_listen)
+    if problem:
+        raise top.error("workers", problem)
     top.finish()
 
     return Config(
@@ -214,6 +259,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         syslog_socket=syslog_socket,
         metrics_listen=metrics_listen,
         milter_timeout=milter_timeout,
+        workers=workers,
         dns=dns,
         policy_files=tuple(policy_files),
         signing_file=signing_file,

@@ -84,9 +84,17 @@ def _text(value: str | bytes) -> str:
 class AuthMilter(Milter.Base):  # type: ignore[misc]
     """One instance per SMTP connection; several messages may pass through it."""
 
-    holder: AppHolder  # set by `run` before libmilter starts calling
+    holder: AppHolder  # set by `prepare` before libmilter starts calling
+    # Connections between connect and close, so that a stopping worker can let them finish.
+    _open = 0
+    _open_lock = threading.Lock()
+
+    @classmethod
+    def open_connections(cls) -> int:
+        return cls._open
 
     def __init__(self) -> None:
+        self._counted = False
         self.client_ip: str | None = None
         self.client_host: str | None = None
         self.helo = ""
@@ -136,6 +144,10 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> Any:
+        if not self._counted:
+            with AuthMilter._open_lock:
+                AuthMilter._open += 1
+            self._counted = True
         self.client_host = hostname
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             self.client_ip = str(hostaddr[0])
@@ -223,6 +235,10 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def close(self) -> Any:
+        if self._counted:
+            with AuthMilter._open_lock:
+                AuthMilter._open -= 1
+            self._counted = False
         return Milter.CONTINUE
 
     def _log_verdict(self, verdict: Verdict, tx: Transaction, seconds: float | None) -> None:
@@ -329,6 +345,26 @@ def open_socket(spec: str, timeout: int) -> None:
         raise ListenError(f"cannot listen on {spec}: {e}") from None
 
 
+def prepare(holder: AppHolder) -> None:
+    """What libmilter needs before its socket opens: our class, the actions we use, our callbacks."""
+    AuthMilter.holder = holder
+    Milter.factory = AuthMilter
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+    _register_callbacks()
+
+
+def reload_app(holder: AppHolder) -> bool:
+    """SIGHUP: re-read config, policies and signing; True if the new set replaced the old one."""
+    old = holder.current.config
+    if not holder.reload():
+        return False
+    new = holder.current.config
+    logs = (new.log_level, new.log_format, new.log_target, new.syslog_socket)
+    if logs != (old.log_level, old.log_format, old.log_target, old.syslog_socket):
+        setup_logging(*logs)
+    return True
+
+
 def run(holder: AppHolder) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads config and policies. Returns an exit status.
 
@@ -336,12 +372,9 @@ def run(holder: AppHolder) -> int:
     leaves the main thread, which the kernel prefers for process-directed signals, free to run
     Python's handlers: SIGHUP reloads, SIGTERM asks libmilter to stop and waits for it.
     """
-    AuthMilter.holder = holder
-    Milter.factory = AuthMilter
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+    prepare(holder)
     app = holder.current
     config = app.config
-    _register_callbacks()
     try:
         open_socket(config.socket, config.milter_timeout)
     except ListenError as e:
@@ -385,12 +418,7 @@ def run(holder: AppHolder) -> int:
         if reload_requested.is_set() and not stop_requested.is_set():
             reload_requested.clear()
             _notify("RELOADING=1")
-            old = holder.current.config
-            if holder.reload():
-                new = holder.current.config
-                logs = (new.log_level, new.log_format, new.log_target, new.syslog_socket)
-                if logs != (old.log_level, old.log_format, old.log_target, old.syslog_socket):
-                    setup_logging(*logs)
+            reload_app(holder)
             _notify("READY=1")
     _notify("STOPPING=1")
     if stop_requested.is_set():
@@ -408,6 +436,92 @@ def run(holder: AppHolder) -> int:
         log.error("milter stopped with an error: %s", failure[0])
         return 1
     return 0
+
+
+def listening_socket_fds() -> set[int]:
+    """This process's listening sockets: pymilter does not tell us the descriptor it opened."""
+    found: set[int] = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            with socket.socket(fileno=os.dup(fd)) as s:
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    found.add(fd)
+        except OSError:
+            continue  # closed meanwhile, or the descriptor of the directory listing itself
+    return found
+
+
+def open_shared_socket(spec: str, timeout: int) -> int:
+    """`open_socket` for worker processes to share; returns the listening descriptor.
+
+    libmilter keeps the socket in a static variable, and smfi_main() serves an already-open one
+    instead of opening its own, so a child forked after this runs its accept loop on this socket.
+    The socket is made non-blocking: every worker's listener sits in poll(), all of them wake for
+    a new connection, and the ones that lose the race get EAGAIN from accept(), which libmilter
+    takes as "poll again". A blocking accept() would park them until the next connection instead.
+    (On Linux the accepted connections do not inherit O_NONBLOCK: libmilter's reads stay as usual.)
+    """
+    before = listening_socket_fds()
+    open_socket(spec, timeout)
+    new = listening_socket_fds() - before
+    if len(new) != 1:
+        raise ListenError(f"cannot find the socket libmilter opened on {spec} (found {sorted(new)})")
+    fd = new.pop()
+    os.set_blocking(fd, False)
+    return fd
+
+
+# Sent to this process's libmilter listener thread only, to end its poll() early; ignored otherwise.
+KICK_SIGNAL = signal.SIGUSR1
+
+
+class LibmilterThread:
+    """libmilter's accept loop (smfi_main) in a thread of a worker process."""
+
+    def __init__(self) -> None:
+        self.failure: BaseException | None = None
+        self._idle_w = -1
+        self._returned = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="libmilter", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            milter.main()
+        except BaseException as e:  # reported by the main thread
+            self.failure = e
+        finally:
+            self._returned.set()
+            # smfi_main returns only on failure. The thread is then parked, not ended, until the
+            # process exits: a signal sent to a thread that has ended could reach another thread
+            # that took over its id.
+            threading.Event().wait()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def running(self) -> bool:
+        return not self._returned.is_set()
+
+    def stop_accepting(self, listen_fd: int) -> None:
+        """Take no new connections in this process, and let the ones it has run to their end.
+
+        smfi_stop() will not do: Debian's libmilter is built with _FFR_WORKERS_POOL, whose
+        session-pool controller quits at the stop flag and drops every session in flight. So
+        libmilter is not told at all. Instead this process's descriptor of the shared socket is
+        replaced by a pipe that never becomes readable: the listener goes on polling it and
+        accepts nothing, the other processes keep the socket, the sessions here carry on, and
+        libmilter's clean-up, which would unlink a unix socket file, never runs.
+        """
+        idle_r, self._idle_w = os.pipe()  # the write end stays open, or the read end would report EOF
+        os.dup2(idle_r, listen_fd)
+        os.close(idle_r)
+        if self.running() and self._thread.ident is not None:
+            # A poll() already waiting on the socket ends with EINTR, and the next one waits on
+            # the pipe. (libmilter blocks only HUP, TERM and INT in its threads.)
+            signal.pthread_kill(self._thread.ident, KICK_SIGNAL)
 
 
 def _wake_listener(spec: str) -> None:
