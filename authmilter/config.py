@@ -45,6 +45,9 @@ class Config:
     # Processes serving the socket: a count, or "auto" for one per CPU. 1 (no supervisor) is the
     # default because it is what small sites need and because [metrics] needs it.
     workers: int | str = 1
+    # With workers > 1: each worker stays on one CPU (round robin over those this process may
+    # use), so that its threads' GIL hand-offs do not cross CPUs.
+    pin_workers: bool = True
     dns: DnsSettings = field(default_factory=DnsSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     policy_files: tuple[str, ...] = ()  # absolute; empty: no rules, every message accepted
@@ -199,6 +202,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         workers = parse_workers(top.table.pop("workers", 1))
     except ValueError as e:
         raise top.error("workers", str(e)) from None
+    pin_workers = top.take("pin_workers", bool, True)
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
     signing = top.take("signing", str, "")
     signing_file = str((Path(path).resolve().parent / signing).resolve()) if signing else ""
@@ -260,6 +264,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         metrics_listen=metrics_listen,
         milter_timeout=milter_timeout,
         workers=workers,
+        pin_workers=pin_workers,
         dns=dns,
         policy_files=tuple(policy_files),
         signing_file=signing_file,

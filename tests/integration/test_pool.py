@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from miltertest import MilterError
 
 from tests.dnsserver import DnsServer
 from tests.integration.zones import example_org
@@ -165,6 +166,21 @@ def test_two_workers_share_concurrent_sessions_and_answer_correctly(
     pids = {handled_by(m, f"C{i}") for i in range(48)}
     assert pids == workers  # both workers served, and only workers (not the supervisor)
     assert f"pid={supervisor(m)}" in m.log()  # the supervisor's own lines are tagged too
+    # Each worker, and every thread libmilter started in it, keeps to one CPU of its own.
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        pinned = [{frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
+                  for pid in sorted(workers)]
+        assert all(len(sets) == 1 and len(next(iter(sets))) == 1 for sets in pinned), pinned
+        assert pinned[0] != pinned[1]
+
+
+def test_pin_workers_false_leaves_the_scheduler_free(
+        tmp_path: Path, dns: DnsServer, pools: list[MilterProcess]) -> None:
+    m = start_pool(pools, tmp_path, dns, extra="pin_workers = false")
+    for pid in children(supervisor(m)):
+        assert os.sched_getaffinity(pid) == os.sched_getaffinity(0)
+    assert "serving on CPU" not in m.log()
 
 
 # --- reload ----------------------------------------------------------------------------------
@@ -224,7 +240,7 @@ def test_killed_worker_is_replaced_while_sessions_keep_succeeding(
                 with MtaSession(str(sock), client_ip="192.0.2.10", timeout=10) as s:
                     action = s.message(good(), mail_from="alice@example.org", queue_id=f"K{i}").action
                 results.append((started, action == "accept", action))
-            except (OSError, AssertionError) as e:
+            except (OSError, AssertionError, MilterError) as e:  # cut off with its worker
                 results.append((started, False, repr(e)))
 
     client = threading.Thread(target=mta, daemon=True)
@@ -323,7 +339,8 @@ def test_sd_notify_ready_after_both_workers_then_reloading_and_stopping(
         m = start_pool(pools, tmp_path, dns, env={"NOTIFY_SOCKET": str(notify_path)}, wait_ready=False)
         assert sink.recv(100) == b"READY=1"
         # READY came once both workers were serving: both said so before it.
-        assert m.log().count(" serving pid=") == 2 and len(children(supervisor(m))) == 2
+        assert len(re.findall(r"worker \d serving.* pid=", m.log())) == 2
+        assert len(children(supervisor(m))) == 2
         MtaSession(m.address, timeout=2).close()
         os.kill(supervisor(m), signal.SIGHUP)
         assert sink.recv(100) == b"RELOADING=1"
