@@ -48,6 +48,16 @@ class Outcome:
             v for n, v in self.added if n.lower() == name.lower()]
 
 
+def passed_on(message: bytes, outcome: Outcome) -> bytes:
+    """The message as the MTA sends it on after the milter's inserts (each at its index, so the
+    last one inserted at 0 ends up on top); folded values get their CRLFs back."""
+    fields, body = split_headers(message)
+    lines = [n + b":" + v for n, v in fields]
+    for index, name, value in outcome.inserted:
+        lines.insert(index, name.encode() + b":" + value.replace("\n", "\r\n").encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
 def split_headers(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Header fields as (name, value-after-colon) with folds kept, and the body."""
     head, sep, body = message.partition(b"\r\n\r\n")

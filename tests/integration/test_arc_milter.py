@@ -14,7 +14,7 @@ import pytest
 from tests.dnsserver import DnsServer
 from tests.integration.zones import zone
 from tests.mailfactory import Key, make_message, rsa_key, write_private_key
-from tests.milterclient import ROOT, MilterProcess, Outcome, split_headers
+from tests.milterclient import ROOT, MilterProcess, passed_on
 from tests.zoneresolver import ZoneResolver
 
 ORIGIN_IP = "192.0.2.10"  # the author domain's own server
@@ -68,15 +68,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         finally:
             hop1.stop()
             hop2.stop()
-
-
-def passed_on(message: bytes, out: Outcome) -> bytes:
-    """The message as the hop's MTA sends it on: every insert at index 0 lands on top."""
-    fields, body = split_headers(message)
-    top: list[bytes] = []
-    for _, name, value in out.inserted:
-        top.insert(0, name.encode() + b":" + value.replace("\n", "\r\n").encode())
-    return b"\r\n".join(top + [n + b":" + v for n, v in fields]) + b"\r\n\r\n" + body
 
 
 def through(m: MilterProcess, message: bytes, client_ip: str) -> bytes:

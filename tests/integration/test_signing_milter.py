@@ -16,7 +16,7 @@ from authmilter.core.dkim import verify_dkim
 from tests.dnsserver import DnsServer
 from tests.integration.zones import zone
 from tests.mailfactory import Key, ed25519_key, make_message, rsa_key, write_private_key
-from tests.milterclient import ROOT, MilterProcess, Outcome, split_headers
+from tests.milterclient import ROOT, MilterProcess, passed_on
 from tests.zoneresolver import ZoneResolver
 
 DOMAIN = "signer.example"
@@ -80,16 +80,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DnsServer,
             m.stop()
 
 
-def delivered(message: bytes, out: Outcome) -> bytes:
-    """The message as the MTA would pass it on: each insert at index 0 lands on top."""
-    fields, body = split_headers(message)
-    top: list[bytes] = []
-    for _, name, value in out.inserted:
-        top.insert(0, name.encode() + b":" + value.replace("\n", "\r\n").encode())
-    rest = [n + b":" + v for n, v in fields]
-    return b"\r\n".join(top + rest) + b"\r\n\r\n" + body
-
-
 def zone_resolver() -> ZoneResolver:
     return ZoneResolver([signer_zone(rsa_key(), ed25519_key())])
 
@@ -113,7 +103,7 @@ def test_authenticated_client_gets_rsa_and_ed25519_signatures_that_verify(
     sigs = [v for _, n, v in out.inserted if n == "DKIM-Signature"]
     assert out.action == "accept" and len(sigs) == 2
     assert all(v.startswith(" v=1;") for v in sigs)  # one space after the colon, as HDR_LEADSPC wants
-    final = delivered(msg(), out)
+    final = passed_on(msg(), out)
     results = verify_dkim(final, zone_resolver())
     assert sorted((r.result, r.algorithm) for r in results) == [
         ("pass", "ed25519-sha256"), ("pass", "rsa-sha256")]
@@ -143,7 +133,7 @@ def test_oversigning_blocks_a_header_added_after_signing(setup: tuple[DnsServer,
     _, m = setup
     with m.session(client_ip="10.1.2.3") as s:
         out = s.message(msg(), mail_from="alice@signer.example")
-    final = delivered(msg(), out)
+    final = passed_on(msg(), out)
     assert {r.result for r in verify_dkim(final, zone_resolver())} == {"pass"}
     head, body = final.split(b"\r\n\r\n", 1)
     tampered = head + b"\r\nSubject: Please wire the money" + b"\r\n\r\n" + body

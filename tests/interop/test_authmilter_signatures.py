@@ -8,7 +8,7 @@ import pytest
 
 from tests.interop.opendkim import OpenDkimVerifier
 from tests.mailfactory import ed25519_key, make_message, rsa_key, write_private_key
-from tests.milterclient import MilterProcess, Outcome, split_headers
+from tests.milterclient import MilterProcess, passed_on
 
 DOMAIN = "signed.example"
 
@@ -51,14 +51,6 @@ def signer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     m.stop()
 
 
-def as_sent(message: bytes, out: Outcome) -> bytes:
-    fields, body = split_headers(message)
-    top: list[bytes] = []
-    for _, name, value in out.inserted:
-        top.insert(0, name.encode() + b":" + value.replace("\n", "\r\n").encode())
-    return b"\r\n".join(top + [n + b":" + v for n, v in fields]) + b"\r\n\r\n" + body
-
-
 MESSAGES = {
     "plain": make_message(from_=f"alice@{DOMAIN}"),
     "subdomain author": make_message(from_=f"Alerts <noreply@alerts.{DOMAIN}>"),
@@ -80,12 +72,12 @@ def test_opendkim_verifies_every_signature_we_make(signer: MilterProcess, opendk
     with signer.session(client_ip="10.9.1.1") as s:
         out = s.message(message, mail_from=f"alice@{DOMAIN}")
     assert [n for _, n, _ in out.inserted] == ["DKIM-Signature", "DKIM-Signature"]
-    assert opendkim.verify(as_sent(message, out)) == ["pass", "pass"]
+    assert opendkim.verify(passed_on(message, out)) == ["pass", "pass"]
 
 
 def test_tampering_is_caught_by_opendkim(signer: MilterProcess, opendkim: OpenDkimVerifier) -> None:
     message = MESSAGES["plain"]
     with signer.session(client_ip="10.9.1.1") as s:
         out = s.message(message, mail_from=f"alice@{DOMAIN}")
-    sent = as_sent(message, out)
+    sent = passed_on(message, out)
     assert opendkim.verify(sent.replace(b"See you.", b"Send money.")) == ["fail", "fail"]
