@@ -456,8 +456,9 @@ class _WorkerProcess:
             try:
                 os.sched_setaffinity(0, {self.cpu})
                 where = f" on CPU {self.cpu}"
-            except OSError as e:
-                log.warning("worker %d: cannot keep to CPU %d: %s", self.slot, self.cpu, e)
+            except OSError as e:  # e.g. EPERM from a seccomp filter that denies @resources
+                log.warning("worker %d: cannot keep to CPU %d (%s); running unpinned", self.slot,
+                            self.cpu, e)
         libmilter = LibmilterThread()
         libmilter.start()
         self._tell(f"ready {os.getpid()}")
