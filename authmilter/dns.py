@@ -13,11 +13,12 @@ Two pieces:
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import dns.exception
@@ -47,6 +48,7 @@ INVALID_NAME = DnsAnswer(DnsStatus.NXDOMAIN, error="invalid name")
 # Full stops that IDNA (RFC 3490 3.1) treats as label separators alongside ".".
 _DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _MAX_ERROR = 200
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?\Z")
 
 
 def dns_name(name: str) -> dns.name.Name | None:
@@ -158,7 +160,7 @@ class DnsCache:
                 return None
             self._hits += 1
             answer, expires = entry
-            return replace(answer, ttl=math.ceil(expires - now))
+        return DnsAnswer(answer.status, answer.records, math.ceil(expires - now), answer.error)
 
     def put(self, name: str, rdtype: str, answer: DnsAnswer) -> bool:
         """Remember `answer` for min(answer.ttl, max_ttl) seconds; False when it is not cacheable."""
@@ -261,15 +263,25 @@ class DnsResolver:
         self._stub = stub
 
     def query(self, name: str, rdtype: str) -> DnsAnswer:
-        qname = dns_name(name)
-        if qname is None:
-            return INVALID_NAME
         rdtype = rdtype.upper()
-        key = qname.to_text(omit_final_dot=True)
+        qname: dns.name.Name | None = None
+        if _PLAIN_NAME.match(name):
+            # The common case, checked cheaply: for letters, digits, "-" and "_" between single dots
+            # the cache key is the name itself, lower-cased, so a hit needs no dnspython Name.
+            key = name.lower().removesuffix(".")
+        else:
+            qname = dns_name(name)
+            if qname is None:
+                return INVALID_NAME
+            key = qname.to_text(omit_final_dot=True)
         if self.cache is not None:
             cached = self.cache.get(key, rdtype)
             if cached is not None:
                 return cached
+        if qname is None:
+            qname = dns_name(name)
+            if qname is None:  # a label too long, or the name as a whole
+                return INVALID_NAME
         if self.observer is None:
             answer = self._ask(qname, rdtype)
         else:

@@ -61,6 +61,32 @@ def _guarded(func: _F) -> _F:
     return cast(_F, wrapper)
 
 
+def _no_reply(flag: int) -> Callable[[_F], _F]:
+    """A callback that never refuses, so it need not answer when the MTA agrees (SMFIP_NR_*).
+
+    Every reply saved is a write and a wake-up on both sides, for each header of each message. An
+    exception cannot refuse anything here any more: it is logged, remembered, and end-of-message
+    gives the fail-safe reply. pymilter reads `milter_protocol` to offer the flag in negotiation;
+    MTAs that do not support it (older Sendmail, test clients) get CONTINUE as before.
+    """
+
+    def decorate(func: _F) -> _F:
+        @functools.wraps(func)
+        def wrapper(self: AuthMilter, *args: Any) -> Any:
+            try:
+                func(self, *args)
+            except Exception:
+                log.exception("qid=%s callback=%s failed; the message will be tempfailed",
+                              self.queue_id or "-", func.__name__)
+                self.deferred_failure = f"callback {func.__name__} failed"
+            return Milter.NOREPLY if self._protocol & flag else Milter.CONTINUE
+
+        setattr(wrapper, "milter_protocol", flag)  # noqa: B010 - the attribute pymilter looks up
+        return cast(_F, wrapper)
+
+    return decorate
+
+
 def _raw_bytes(func: _F) -> _F:
     """pymilter's @decode("bytes"), typed: the callback gets the MTA's bytes, 8-bit intact."""
     setattr(func, "error_strategy", "bytes")  # noqa: B010 - the attribute pymilter looks up
@@ -100,13 +126,16 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.helo = ""
         self.queue_id = ""
         self._leadspc = True
+        self._protocol = 0
+        self.deferred_failure = ""  # set by a no-reply callback that failed; eom tempfails
         self.app: App = self.holder.current
         self._reset()
 
     def _reset(self) -> None:
         self.mail_from = ""
         self.rcpts: list[str] = []
-        self.headers: list[Header] = []
+        # As libmilter hands them over: converted to `Header`s once, at end of message.
+        self.raw_headers: list[tuple[str | bytes, bytes]] = []
         self.body_chunks: list[bytes] = []
         self.queue_id = ""
         self.macros: dict[str, str] = {}
@@ -142,7 +171,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             log.warning("MTA does not pass header leading space; simple canonicalization may fail")
         return result
 
-    @_guarded
+    @_no_reply(Milter.P_NR_CONN)
     def connect(self, hostname: str, family: int, hostaddr: Any) -> Any:
         if not self._counted:
             with AuthMilter._open_lock:
@@ -155,7 +184,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             self.client_ip = None
         return Milter.CONTINUE
 
-    @_guarded
+    @_no_reply(Milter.P_NR_HELO)
     def hello(self, hostname: str) -> Any:
         self.helo = _text(hostname)
         return Milter.CONTINUE
@@ -170,6 +199,8 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         for name in ("{auth_authen}", "{daemon_name}", "j"):
             self.macros[name] = self._macro(name)
         self.queue_id = self._macro("i")
+        if self.app.policy.earliest_stage > Stage.RCPT:
+            return Milter.CONTINUE  # nothing can refuse before DATA: no envelope to build
         verdict, self.spf = self.app.early(self._envelope(), Stage.MAIL)
         if verdict is not None:
             return self._refuse(verdict, "mail")
@@ -179,42 +210,49 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
     @_raw_bytes
     def envrcpt(self, to: str | bytes, *params: Any) -> Any:
         rcpt = _strip_angle(_text(to))
+        if self.app.policy.earliest_stage > Stage.RCPT:
+            self.rcpts.append(rcpt)
+            return Milter.CONTINUE
         verdict, self.spf = self.app.early(self._envelope([rcpt]), Stage.RCPT, rcpt=rcpt, spf=self.spf)
         if verdict is not None:
             return self._refuse(verdict, "rcpt")  # this recipient only; the MTA keeps the others
         self.rcpts.append(rcpt)
         return Milter.CONTINUE
 
-    @_guarded
+    @_no_reply(Milter.P_NR_HDR)
     @_raw_bytes
     def header(self, name: str | bytes, value: bytes) -> Any:
-        raw_name = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
-        if isinstance(value, str):
-            value = value.encode("utf-8", "surrogateescape")
-        value = _LINE_BREAK.sub(b"\r\n", value)
-        if not self._leadspc:
-            value = b" " + value
-        self.headers.append(Header(raw_name, value))
-        return Milter.CONTINUE
+        self.raw_headers.append((name, value))
 
-    @_guarded
-    def eoh(self) -> Any:
-        return Milter.CONTINUE
-
-    @_guarded
+    @_no_reply(Milter.P_NR_BODY)
     def body(self, chunk: bytes) -> Any:
         self.body_chunks.append(chunk)
-        return Milter.CONTINUE
+
+    def _headers(self) -> tuple[Header, ...]:
+        """The header fields as DKIM needs them: bytes, folding as CRLF, leading space kept."""
+        headers = []
+        for name, value in self.raw_headers:
+            raw_name = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+            if isinstance(value, str):
+                value = value.encode("utf-8", "surrogateescape")
+            if b"\n" in value:
+                value = _LINE_BREAK.sub(b"\r\n", value)
+            if not self._leadspc:
+                value = b" " + value
+            headers.append(Header(raw_name, value))
+        return tuple(headers)
 
     @_guarded
     def eom(self) -> Any:
         self.queue_id = self._macro("i") or self.queue_id
+        if self.deferred_failure:
+            return self._fail_deferred()
         tx = Transaction(
             client_ip=self.client_ip,
             helo=self.helo,
             mail_from=self.mail_from,
             rcpts=tuple(self.rcpts),
-            headers=tuple(self.headers),
+            headers=self._headers(),
             body=b"".join(self.body_chunks),
             client_host=self.client_host,
             queue_id=self.queue_id,
@@ -228,9 +266,18 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self._reset()
         return rc
 
+    def _fail_deferred(self) -> Any:
+        log.error("message", extra={"fields": {
+            "qid": self.queue_id or "-", "action": "tempfail", "reason": self.deferred_failure}})
+        self.deferred_failure = ""
+        self._reset()
+        self.setreply(TEMPFAIL_REPLY.code, TEMPFAIL_REPLY.status, TEMPFAIL_REPLY.text)
+        return Milter.TEMPFAIL
+
     @_guarded
     def abort(self) -> Any:
         self._reset()
+        self.deferred_failure = ""
         return Milter.CONTINUE
 
     @_guarded
@@ -283,7 +330,6 @@ def _register_callbacks() -> None:
     milter.set_envfrom_callback(lambda ctx, *args: priv(ctx).envfrom_bytes(*args))
     milter.set_envrcpt_callback(lambda ctx, *args: priv(ctx).envrcpt_bytes(*args))
     milter.set_header_callback(lambda ctx, name, value: priv(ctx).header_bytes(name, value))
-    milter.set_eoh_callback(lambda ctx: priv(ctx).eoh())
     milter.set_body_callback(lambda ctx, chunk: priv(ctx).body(chunk))
     milter.set_eom_callback(lambda ctx: priv(ctx).eom())
     milter.set_abort_callback(lambda ctx: priv(ctx).abort())

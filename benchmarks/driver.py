@@ -88,6 +88,7 @@ class PhaseSpec:
     threads: int  # in all, spread over the processes
     timeout: float  # per socket operation
     quickack: bool
+    no_reply: bool = True  # offer the SMFIP_NR_* flags, as Postfix does
     keep_signatures: int = 0  # keep DKIM-Signatures of sequence numbers below this
 
 
@@ -120,7 +121,7 @@ def _worker(proc: int, threads: int, spec: PhaseSpec, messages: list[Prepared],
                 counter.value = seq + 1
             index = seq % len(messages)
             o = converse(address, messages[index], queue_id=f"{spec.tag}{seq:07d}", timeout=spec.timeout,
-                         quickack=spec.quickack)
+                         quickack=spec.quickack, no_reply=spec.no_reply)
             records.append(summarize(seq, index, o, seq < spec.keep_signatures))
 
     pool = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]

@@ -85,6 +85,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also send one M MB message alone and report the milter's memory growth for it")
     p.add_argument("--no-quickack", action="store_true",
                    help="do not re-arm TCP_QUICKACK at end of message (shows the 40 ms delayed-ACK stall)")
+    p.add_argument("--no-noreply", action="store_true",
+                   help="offer no SMFIP_NR_* flags (as the test client): the milter answers every header")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per socket operation (default 30)")
     p.add_argument("--py-spy", metavar="DIR", default=None,
                    help="profile the milter with py-spy during each measured phase (pip install py-spy); "
@@ -117,6 +119,8 @@ def reproduce(args: argparse.Namespace) -> str:
         parts += ["--big-message-mb", f"{args.big_message_mb:g}"]
     if args.no_quickack:
         parts.append("--no-quickack")
+    if args.no_noreply:
+        parts.append("--no-noreply")
     if args.py_spy:
         parts += ["--py-spy", args.py_spy]
     if args.timeout != 30.0:
@@ -310,13 +314,14 @@ def run_scenario(run: Run, name: str, messages: list[Prepared], *, keep_signatur
         warm = None
         if args.warmup:
             spec = PhaseSpec(tag=f"W{tag}", count=args.warmup, duration=None, processes=args.processes,
-                             threads=args.concurrency, timeout=args.timeout, quickack=not args.no_quickack)
+                             threads=args.concurrency, timeout=args.timeout, quickack=not args.no_quickack,
+                             no_reply=not args.no_noreply)
             warm = run_phase(spec, messages, milter.address, milter_pid=milter.pid, dns_pid=run.dns.pid)
         every = args.rss_every or (30.0 if (args.duration or 0) >= 300 else 5.0)
         printer = _DurationPrinter(every) if args.duration else None
         spec = PhaseSpec(tag=tag, count=None if args.duration else len(messages), duration=args.duration,
                          processes=args.processes, threads=args.concurrency, timeout=args.timeout,
-                         quickack=not args.no_quickack,
+                         quickack=not args.no_quickack, no_reply=not args.no_noreply,
                          keep_signatures=len(messages) if keep_signatures else 0)
         if printer is not None:
             print(f"{name}: sending for {args.duration:g} s; memory of the milter's process tree every "

@@ -1,11 +1,12 @@
 """The MTA side of one milter conversation, lean enough to drive a milter at full speed.
 
 It speaks like tests.milterclient.MtaSession (Postfix's macros, header values with their leading
-white space and LF between folded lines, the body in 64 KB chunks, no no-reply or SKIP flags
-offered) but encodes each message's header and body packets once, ahead of time, and decodes
-replies by hand: on a 2-core machine every millisecond the driver spends is one the milter does
-not get. It also honours the NO* protocol flags the milter asks for (commands it does not want
-are not sent), as Postfix does.
+white space and LF between folded lines, the body in 64 KB chunks) but, as Postfix does, offers
+the no-reply flags (SMFIP_NR_*: commands the milter agrees not to answer are not waited for;
+`no_reply=False` offers none) and honours the NO* flags (commands the milter does not want are not
+sent). SKIP is never offered. It encodes each message's header and body packets once, ahead of
+time, and decodes replies by hand: on a 2-core machine every millisecond the driver spends is one
+the milter does not get.
 
 Over TCP it sets TCP_NODELAY, and re-arms TCP_QUICKACK while reading the end-of-message replies:
 libmilter writes each of those replies (insert header, change header, accept) in its own write()
@@ -25,6 +26,9 @@ from miltertest import codec
 from miltertest import constants as C
 
 from tests.milterclient import OFFERED_PROTOCOL, split_headers
+
+# What Postfix offers (milter protocol 6), less SKIP, which this client does not implement.
+POSTFIX_PROTOCOL = C.SMFI_V6_PROT & ~C.SMFIP_SKIP
 
 CHUNK = C.MILTER_CHUNK_SIZE  # the largest SMFIC_BODY a default libmilter takes
 MTA_NAME = "mx.rcpt.bench"
@@ -133,7 +137,7 @@ class Conversation:
     """One connection, one message, as an MTA does it for every message it receives."""
 
     def __init__(self, address: tuple[str, int] | str, *, timeout: float = 30.0,
-                 quickack: bool = True) -> None:
+                 quickack: bool = True, no_reply: bool = True) -> None:
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
         self.tcp = family == socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -148,6 +152,7 @@ class Conversation:
         self.sock.connect(address)
         self.protocol = 0
         self.actions = 0
+        self.offered = POSTFIX_PROTOCOL if no_reply else OFFERED_PROTOCOL
 
     # -- wire ----------------------------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class Conversation:
     # -- conversation ----------------------------------------------------------------------------
 
     def negotiate(self) -> None:
-        self.send(codec.encode_optneg(C.SMFI_V6_ACTS, OFFERED_PROTOCOL))
+        self.send(codec.encode_optneg(C.SMFI_V6_ACTS, self.offered))
         cmd, payload = self.read()
         if cmd != C.SMFIC_OPTNEG or len(payload) < 12:
             raise ProtocolError(f"bad option negotiation reply {cmd!r}")
@@ -218,12 +223,12 @@ def _early(reply: tuple[str, bytes] | None, stage: str) -> Outcome | None:
 
 
 def converse(address: tuple[str, int] | str, msg: Prepared, *, queue_id: str, timeout: float = 30.0,
-             quickack: bool = True) -> Outcome:
+             quickack: bool = True, no_reply: bool = True) -> Outcome:
     """The whole conversation for one message on a new connection; never raises."""
     started = time.perf_counter()
     conv: Conversation | None = None
     try:
-        conv = Conversation(address, timeout=timeout, quickack=quickack)
+        conv = Conversation(address, timeout=timeout, quickack=quickack, no_reply=no_reply)
         outcome = _converse(conv, msg, queue_id)
     except (OSError, ProtocolError, ValueError) as e:
         outcome = Outcome("error", error=f"{type(e).__name__}: {e}")

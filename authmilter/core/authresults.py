@@ -90,7 +90,7 @@ def _quoted_string(text: str) -> str:
 
 # Characters that make a structured value (domain, selector, address...) suspect even when
 # quoting would make it RFC-legal: many A-R consumers split on ";" and ignore quotes and comments.
-_DELIMITERS = frozenset(' \t;()"\\')
+_UNSAFE = re.compile(r'[^!-~]|[;()"\\]')  # outside visible ASCII (space, tab included), or a delimiter
 
 
 def _structured(text: str) -> str | None:
@@ -98,7 +98,7 @@ def _structured(text: str) -> str | None:
     text = text.strip()
     if not text or len(text) > _VALUE_MAX:
         return None
-    if any(not "!" <= c <= "~" or c in _DELIMITERS for c in text):
+    if _UNSAFE.search(text):
         return None
     return text
 

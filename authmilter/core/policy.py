@@ -15,6 +15,7 @@ Nothing here does I/O: `policyfile` reads TOML and builds these objects.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -562,12 +563,13 @@ class Policy:
         return (not self.settings.monitor and not rule.monitor and rule.stage < Stage.EOM
                 and rule.action in EARLY_ACTIONS)
 
-    @property
+    # Cached: asked at every MAIL FROM and RCPT TO, and the rules of a loaded set never change.
+    @functools.cached_property
     def earliest_stage(self) -> Stage:
         """The first stage at which any rule may act; the milter need not ask before it."""
         return min((r.stage for r in self.rules if self.acts_early(r)), default=Stage.EOM)
 
-    @property
+    @functools.cached_property
     def needs_early_spf(self) -> bool:
         """Whether the milter must compute SPF at MAIL FROM for early rules to be decidable.
 

@@ -244,3 +244,36 @@ def test_body_only_and_nul_bytes_in_body(milter: MilterProcess) -> None:
     ar = the_ar(body_only.inserted)
     assert "dkim=none" in ar and "dmarc=permerror" in ar
     assert "dkim=pass" in the_ar(nul.inserted)
+
+
+# --- no-reply flags (SMFIP_NR_*), as Postfix offers them ----------------------------------------
+
+
+def test_with_no_reply_flags_headers_and_body_go_unanswered_and_the_result_is_the_same(
+        milter: MilterProcess) -> None:
+    from miltertest import constants as C
+
+    from benchmarks.mta import POSTFIX_PROTOCOL, Conversation, Envelope, converse, prepare
+
+    conv = Conversation(milter.address, timeout=10)
+    try:
+        conv.negotiate()
+        assert conv.offered == POSTFIX_PROTOCOL
+        no_reply = C.SMFIP_NR_CONN | C.SMFIP_NR_HELO | C.SMFIP_NR_HDR | C.SMFIP_NR_BODY
+        assert conv.protocol & no_reply == no_reply
+        # MAIL FROM and RCPT TO may be refused, so they are answered; EOH and DATA are not sent.
+        assert conv.protocol & (C.SMFIP_NR_MAIL | C.SMFIP_NR_RCPT) == 0
+        assert conv.protocol & (C.SMFIP_NOEOH | C.SMFIP_NODATA) == C.SMFIP_NOEOH | C.SMFIP_NODATA
+    finally:
+        conv.close()
+
+    envelope = Envelope(client_ip="192.0.2.10", client_host="mail.example.org", helo="mail.example.org",
+                        mail_from="alice@example.org", rcpts=("bob@example.com",))
+    message = signed(make_message(body=b"Hello  there,\r\n\tindented\r\n" * 3000))  # > one 64 KB chunk
+    with_nr = converse(milter.address, prepare(message, envelope), queue_id="NR1", timeout=10)
+    without = converse(milter.address, prepare(message, envelope), queue_id="NR2", timeout=10,
+                       no_reply=False)
+    assert with_nr.action == without.action == "accept", (with_nr.error, without.error)
+    assert with_nr.inserted == without.inserted
+    ar = the_ar(with_nr.inserted)
+    assert "dkim=pass" in ar and "spf=pass" in ar and "dmarc=pass" in ar
