@@ -48,6 +48,9 @@ class Config:
     # With workers > 1: each worker stays on one CPU (round robin over those this process may
     # use), so that its threads' GIL hand-offs do not cross CPUs.
     pin_workers: bool = True
+    # A message body larger than this goes to a temporary file while it arrives instead of memory.
+    spool_above: int = 1024 * 1024
+    spool_directory: str = ""  # empty: the system's temporary directory ($TMPDIR, else /tmp)
     dns: DnsSettings = field(default_factory=DnsSettings)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     policy_files: tuple[str, ...] = ()  # absolute; empty: no rules, every message accepted
@@ -241,6 +244,15 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     spf_timeout = spf_r.take_float("timeout", 20.0, 1.0, 120.0)
     spf_r.finish()
 
+    spool_r = top.sub("spool")
+    spool_above = spool_r.take_int("above", 1024 * 1024, 0, 1 << 40)
+    spool_directory = spool_r.take("directory", str, "")
+    if spool_directory and not os.path.isabs(spool_directory):
+        raise spool_r.error("directory", "needs an absolute path")
+    if spool_directory and not os.path.isdir(spool_directory):
+        raise spool_r.error("directory", f"{spool_directory} is not a directory")
+    spool_r.finish()
+
     metrics_r = top.sub("metrics")
     metrics_listen = metrics_r.take("listen", str, "").strip()
     if metrics_listen:
@@ -265,6 +277,8 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         milter_timeout=milter_timeout,
         workers=workers,
         pin_workers=pin_workers,
+        spool_above=spool_above,
+        spool_directory=spool_directory,
         dns=dns,
         policy_files=tuple(policy_files),
         signing_file=signing_file,

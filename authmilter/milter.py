@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import logging
 import os
 import re
 import signal
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -128,6 +130,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self._leadspc = True
         self._protocol = 0
         self.deferred_failure = ""  # set by a no-reply callback that failed; eom tempfails
+        self.spool: io.BufferedRandom | None = None  # the body, once larger than [spool] above
         self.app: App = self.holder.current
         self._reset()
 
@@ -136,7 +139,9 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.rcpts: list[str] = []
         # As libmilter hands them over: converted to `Header`s once, at end of message.
         self.raw_headers: list[tuple[str | bytes, bytes]] = []
+        self._drop_spool()
         self.body_chunks: list[bytes] = []
+        self.body_size = 0
         self.queue_id = ""
         self.macros: dict[str, str] = {}
         self.spf: SpfResults | None = None
@@ -226,7 +231,37 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     @_no_reply(Milter.P_NR_BODY)
     def body(self, chunk: bytes) -> Any:
+        if self.spool is not None:
+            self.spool.write(chunk)
+            return
         self.body_chunks.append(chunk)
+        self.body_size += len(chunk)
+        config = self.app.config
+        if self.body_size > config.spool_above:
+            # Unnamed (O_TMPFILE or unlinked at once): nothing is left behind, whatever happens.
+            self.spool = tempfile.TemporaryFile(dir=config.spool_directory or None)  # noqa: SIM115 - kept open across callbacks
+            for part in self.body_chunks:
+                self.spool.write(part)
+            self.body_chunks = []
+
+    def _body(self) -> bytes:
+        """The whole body as one bytes object, built with one copy of it in memory at most."""
+        if self.spool is None:
+            return b"".join(self.body_chunks)
+        self.spool.flush()
+        raw = self.spool.raw
+        raw.seek(0)
+        # FileIO.readall sizes its buffer from the file: one allocation, no chunks to join.
+        body: bytes = raw.readall()
+        return body
+
+    def _drop_spool(self) -> None:
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            try:
+                spool.close()
+            except OSError:
+                log.warning("qid=%s closing the body spool file failed", self.queue_id or "-", exc_info=True)
 
     def _headers(self) -> tuple[Header, ...]:
         """The header fields as DKIM needs them: bytes, folding as CRLF, leading space kept."""
@@ -253,12 +288,13 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             mail_from=self.mail_from,
             rcpts=tuple(self.rcpts),
             headers=self._headers(),
-            body=b"".join(self.body_chunks),
+            body=self._body(),
             client_host=self.client_host,
             queue_id=self.queue_id,
             macros=dict(self.macros),
         )
         self.body_chunks = []
+        self._drop_spool()
         started = time.monotonic()
         verdict = self.app.evaluate(tx, mta_j=self._macro("j") or self.macros.get("j"), spf=self.spf)
         self._log_verdict(verdict, tx, time.monotonic() - started)
@@ -282,6 +318,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def close(self) -> Any:
+        self._drop_spool()
         if self._counted:
             with AuthMilter._open_lock:
                 AuthMilter._open -= 1

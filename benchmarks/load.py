@@ -83,6 +83,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="with --duration: how often to print memory (default: 30, or 5 under 5 minutes)")
     p.add_argument("--big-message-mb", type=float, default=None, metavar="M",
                    help="also send one M MB message alone and report the milter's memory growth for it")
+    p.add_argument("--big-message-text", action="store_true",
+                   help="make that message plain text with runs of white space (the slow path of relaxed "
+                        "canonicalization) instead of a base64 attachment")
     p.add_argument("--no-quickack", action="store_true",
                    help="do not re-arm TCP_QUICKACK at end of message (shows the 40 ms delayed-ACK stall)")
     p.add_argument("--no-noreply", action="store_true",
@@ -117,6 +120,8 @@ def reproduce(args: argparse.Namespace) -> str:
         parts += ["--duration", f"{args.duration:g}"]
     if args.big_message_mb is not None:
         parts += ["--big-message-mb", f"{args.big_message_mb:g}"]
+    if args.big_message_text:
+        parts.append("--big-message-text")
     if args.no_quickack:
         parts.append("--no-quickack")
     if args.no_noreply:
@@ -380,7 +385,7 @@ class _DurationPrinter:
 # --- one big message -----------------------------------------------------------------------------
 
 
-def big_message(run: Run, mb: float, warm_messages: list[Prepared]) -> dict[str, Any]:
+def big_message(run: Run, mb: float, warm_messages: list[Prepared], *, text: bool = False) -> dict[str, Any]:
     """Send one `mb` MB signed message alone; how much does the milter's memory grow for it?"""
     manifest = run.corpus.manifest
     out = manifest["outbound"]
@@ -389,12 +394,18 @@ def big_message(run: Run, mb: float, warm_messages: list[Prepared]) -> dict[str,
     attachment = os.urandom(size * 3 // 4)
     import base64
 
-    b64 = base64.b64encode(attachment)
-    lines = b"\r\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
+    if text:
+        prose = b"Dear  reader,\tthese lines have double  spaces, tabs and trailing white space.  \r\n"
+        lines = prose * (size // len(prose))
+        content_type = "text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit"
+    else:
+        b64 = base64.b64encode(attachment)
+        lines = b"\r\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
+        content_type = "application/octet-stream\r\nContent-Transfer-Encoding: base64"
     head = (f"From: Alice <alice@{out['domain']}>\r\nTo: <bob@{manifest['rcpt_domain']}>\r\n"
             f"Subject: A {mb:g} MB attachment\r\nDate: {email.utils.formatdate(usegmt=True)}\r\n"
             f"Message-ID: <big.{time.time_ns()}@{out['domain']}>\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n").encode()
+            f"Content-Type: {content_type}\r\n\r\n").encode()
     raw = head + lines + b"\r\n"
     sig = dkim.sign(raw, out["keys"]["rsa"]["selector"].encode(), out["domain"].encode(), key_pem,
                     canonicalize=(b"relaxed", b"relaxed"),
@@ -580,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(r)
         if args.big_message_mb:
             print(f"big message: sending one of {args.big_message_mb:g} MB", flush=True)
-            big = big_message(run, args.big_message_mb, inbound_messages(manifest, raws)[:20])
+            big = big_message(run, args.big_message_mb, inbound_messages(manifest, raws)[:20],
+                              text=args.big_message_text)
         figures = {r.name: r.figures(manifest) for r in results}
         print_report(results, figures, big)
         if args.py_spy:

@@ -11,7 +11,8 @@ Faults, set per exact name (case-insensitive), for every record type:
   refused   REFUSED; TEMPERROR
 A name outside every zone is NXDOMAIN: the zones stand in for the whole DNS, so what they do not
 hold does not exist (a DMARC tree walk up to `_dmarc.org` must see NXDOMAIN, as it would on the
-Internet). Wildcards are not implemented.
+Internet), and that NXDOMAIN carries the root zone's SOA, as a recursive resolver relays it, so
+resolvers may cache it for a day as they would. Wildcards are not implemented.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class ZoneData:
         with self._lock:
             zone = self._zone_for(qname)
             if zone is None:
-                return Lookup(dns.rcode.NXDOMAIN)
+                return Lookup(dns.rcode.NXDOMAIN, authority=[_ROOT_SOA])
             result = Lookup(dns.rcode.NOERROR)
             name = qname
             for _ in range(MAX_CHAIN):
@@ -211,6 +212,11 @@ class ZoneData:
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
     return dns.rrset.from_rdata_list(name, rdataset.ttl, list(rdataset))
+
+
+# The root zone's SOA as the root servers publish it (serial aside): TTL and minimum one day.
+_ROOT_SOA = dns.rrset.from_text(
+    ".", 86400, "IN", "SOA", "a.root-servers.net. nstld.verisign-grs.com. 2026112700 1800 900 604800 86400")
 
 
 def _soa(zone: dns.zone.Zone) -> list[dns.rrset.RRset]:

@@ -86,8 +86,8 @@ from authmilter.core.dkim import (
     _KeyLookup,
     _Message,
     _short,
-    _split_message,
     _text,
+    parse_message,
 )
 from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import ArcHop, ArcResult
@@ -185,7 +185,7 @@ def verify_arc(
     time. Never raises: anything unexpected is a "fail" with the reason.
     """
     try:
-        msg = message if isinstance(message, ParsedMessage) else _split_message(bytes(message))
+        msg = message if isinstance(message, ParsedMessage) else parse_message(message)
         ctx = _Context(
             message=msg,
             resolver=resolver,

@@ -48,6 +48,7 @@ import binascii
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,7 @@ from dkim.util import DuplicateTag, InvalidTagValueList, parse_tag_value
 
 from authmilter.core import dkimpy_fast  # noqa: F401 - installs OpenSSL RSA and the body fast path
 from authmilter.core.dnsapi import DnsStatus, Resolver
-from authmilter.core.model import DkimResult
+from authmilter.core.model import DkimResult, Header
 
 __all__ = ["MAX_KEY_RECORD_BYTES", "MAX_SIGNATURE_FIELD_BYTES", "verify_dkim"]
 
@@ -193,7 +194,7 @@ def verify_dkim(
     x= and t=; it defaults to the current time. Never raises.
     """
     try:
-        msg = message if isinstance(message, _Message) else _split_message(bytes(message))
+        msg = message if isinstance(message, _Message) else parse_message(message)
         sig_values = [msg.fields[p][1] for p in msg.sig_positions]
         if not sig_values:
             return ()
@@ -246,17 +247,29 @@ def _head_and_body(message: bytes) -> tuple[bytes, bytes]:
 
 def parse_message(message: bytes) -> ParsedMessage:
     """The message split once for DKIM and ARC, which both take it instead of the bytes."""
-    return _split_message(bytes(message))
+    return _split_message(*_head_and_body(bytes(message)))
 
 
-def _split_message(message: bytes) -> _Message:
+def parse_parts(headers: Sequence[Header], body: bytes) -> ParsedMessage:
+    """`parse_message(header fields + empty line + body)`, without copying the body.
+
+    The body can be most of a 50 MB message: putting it behind the header fields in one bytes
+    object, then slicing it out again, would cost two more copies of it.
+    """
+    head = b"".join(h.raw() for h in headers)
+    if head.startswith((b"\r\n", b"\n")) or b"\n\r\n" in head or b"\n\n" in head:
+        # An empty line among the fields (not what an MTA hands over): split where dkimpy would.
+        return parse_message(head + b"\r\n" + body)
+    return _split_message(head, body)
+
+
+def _split_message(head: bytes, body: bytes) -> _Message:
     """Split into header fields and body the way dkimpy's parser does for well-formed input.
 
     Differences, all for robustness: a line that is neither a field nor a continuation (and a
     continuation with no field before it) is skipped instead of failing the whole message; the work
     is linear in the size of the header section.
     """
-    head, body = _head_and_body(message)
     if body.count(b"\n") != body.count(b"\r\n"):
         # SMTP delivers CRLF; a bare LF here means a local tool wrote the message, and dkimpy would
         # read such lines as CRLF lines too. (Two counts in C: a regex scan would cost more.)
@@ -450,6 +463,11 @@ def _time_tag(tags: dict[bytes, bytes], tag: bytes) -> float | None:
     return float(int(raw))
 
 
+# Bodies up to this size are put through simple canonicalization once and shared by every
+# signature; larger ones go to relaxed signatures as they are (see _body_for_dkimpy).
+SHARED_SIMPLE_BODY_MAX = 1 << 20
+
+
 def _simple_body(ctx: _Context) -> bytes:
     if ctx.simple_body is None:
         ctx.simple_body = _SIMPLE.canonicalize_body(ctx.message.body)
@@ -466,7 +484,13 @@ def _body_for_dkimpy(ctx: _Context, tags: dict[bytes, bytes]) -> bytes:
     into a line end relaxed strips.
     """
     raw = ctx.message.body
-    if not raw or raw.endswith(b"\r\n") or _body_algorithm(tags) == b"simple":
+    if _body_algorithm(tags) == b"simple":
+        return _simple_body(ctx)
+    if len(raw) > SHARED_SIMPLE_BODY_MAX:
+        # Relaxed on the raw body is dkimpy's own reading; a simple copy kept for it as well
+        # would hold one more copy of a large body than relaxed needs.
+        return raw
+    if not raw or raw.endswith(b"\r\n"):
         return _simple_body(ctx)
     return raw
 

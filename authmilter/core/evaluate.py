@@ -24,7 +24,7 @@ from authmilter.core.arc import verify_arc
 from authmilter.core.arcseal import seal_message
 from authmilter.core.author import parse_author
 from authmilter.core.authresults import build_authentication_results, forged_headers
-from authmilter.core.dkim import parse_message, verify_dkim
+from authmilter.core.dkim import parse_parts, verify_dkim
 from authmilter.core.dmarc import evaluate_dmarc
 from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import (
@@ -144,8 +144,7 @@ def evaluate(
         return _fail_safe(settings, None, (), "signing failed", traceback.format_exc())
     try:
         spf = spf or _spf(tx, dns, settings)
-        message = tx.message_bytes()
-        parsed = parse_message(message)  # once, for DKIM and ARC both
+        parsed = parse_parts(tx.headers, tx.body)  # once, for DKIM and ARC both
         dkim = verify_dkim(
             parsed, dns,
             max_signatures=settings.dkim_max_signatures, min_key_bits=settings.dkim_min_key_bits,
@@ -166,7 +165,8 @@ def evaluate(
     verdict = _from_decision(decision, results, ar, deletes)
     if signing.arc_seal and verdict.action in (Action.ACCEPT, Action.QUARANTINE) and \
             signing.arc_recipient(tx.rcpts):
-        verdict = _seal(verdict, message, signing, authserv_id, time.time() if now is None else now)
+        sealed_at = time.time() if now is None else now
+        verdict = _seal(verdict, tx.message_bytes(), signing, authserv_id, sealed_at)
     if outbound:
         # Signatures first, so the Authentication-Results inserted after them ends up on top.
         verdict = replace(verdict, header_inserts=signed + verdict.header_inserts, outbound=outbound,

@@ -277,3 +277,33 @@ def test_with_no_reply_flags_headers_and_body_go_unanswered_and_the_result_is_th
     assert with_nr.inserted == without.inserted
     ar = the_ar(with_nr.inserted)
     assert "dkim=pass" in ar and "spf=pass" in ar and "dmarc=pass" in ar
+
+
+# --- large bodies go to a temporary file ----------------------------------------------------------
+
+
+def test_a_body_above_the_spool_size_is_verified_from_an_unnamed_file(tmp_path: Path, dns: DnsServer) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    m = MilterProcess(tmp_path, dns_port=dns.port,
+                      extra=f'[spool]\nabove = 1000\ndirectory = "{spool}"').start()
+    try:
+        body = b"A line  with\tspace runs, to canonicalize.  \r\n" * 2000 + b"\r\n\r\n"  # ~92 KB
+        with m.session(client_ip="192.0.2.10", helo="mail.example.org") as s:
+            big = s.message(signed(make_message(body=body)), mail_from="alice@example.org")
+            small = s.message(signed(), mail_from="alice@example.org")
+        for out in (big, small):
+            assert out.action == "accept"
+            assert "dkim=pass" in the_ar(out.inserted)
+        assert list(spool.iterdir()) == []  # unnamed: nothing to clean up, even after a crash
+        # The spool really is used above 1000 bytes: take its directory away and only the large
+        # message fails, with the fail-safe reply and a log line saying why.
+        spool.rmdir()
+        with m.session(client_ip="192.0.2.10", helo="mail.example.org") as s:
+            big = s.message(signed(make_message(body=body)), mail_from="alice@example.org")
+            small = s.message(signed(), mail_from="alice@example.org")
+        assert big.action == "tempfail" and big.reply.startswith("451 4.7.1")
+        assert small.action == "accept"
+        assert "callback=body failed" in m.log()
+    finally:
+        m.stop()

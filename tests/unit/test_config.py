@@ -58,6 +58,9 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("fail_safe = 'reject'\n", "fail_safe: must be one of tempfail, accept"),
         ("[dkim]\nmin_key_bits = 512\n", "dkim.min_key_bits: must be between 1024"),
         ("dns = 3\n", "dns: expected a table"),
+        ("[spool]\nabove = -1\n", "spool.above: must be between 0 and"),
+        ("[spool]\ndirectory = 'spool'\n", "spool.directory: needs an absolute path"),
+        ("[spool]\ndirectory = '/nonexistent/am'\n", "spool.directory: /nonexistent/am is not a directory"),
         ("[dns\n", "(at line 1"),
     ],
 )

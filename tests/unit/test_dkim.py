@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import parse_pem_private_key
 
-from authmilter.core.dkim import CLOCK_SKEW_SECONDS, _split_message, verify_dkim
+from authmilter.core.dkim import CLOCK_SKEW_SECONDS, parse_message, parse_parts, verify_dkim
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.core.model import DkimResult, Header, Transaction
 
@@ -898,9 +898,26 @@ def test_large_body_many_signatures() -> None:
 )
 def test_split_matches_dkimpy_on_well_formed_messages(message: bytes) -> None:
     headers, body = dkim.rfc822_parse(message)
-    ours = _split_message(message)
+    ours = parse_message(message)
     assert ours.fields == [tuple(h) for h in headers]
     assert ours.body == body
+
+
+@pytest.mark.parametrize("body", [b"", b"text\r\n", b"\r\nafter a blank\r\n", b"\nbare LF\n", b"a\nb\r\n",
+                                  b"x" * 100_000 + b"\r\n"])
+@pytest.mark.parametrize("headers", [
+    (),
+    (Header(b"From", b" a@example.org"), Header(b"Subject", b" folded\r\n\tline")),
+    (Header(b"X", b" ends with a break\r\n"), Header(b"Y", b" after")),  # an empty line inside
+    (Header(b"X", b"\n"),),
+    (Header(b"A", b""), Header(b"B", b" \r\n \r\n")),
+])
+def test_parts_parse_as_the_whole_message_does(headers: tuple[Header, ...], body: bytes) -> None:
+    whole = Transaction(None, "helo", "", headers=headers, body=body).message_bytes()
+    parts = parse_parts(headers, body)
+    assert parts == parse_message(whole)
+    if parts.body == body:
+        assert parts.body is body  # not copied
 
 
 # --- RFC vectors ----------------------------------------------------------------------------------
