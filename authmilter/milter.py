@@ -231,6 +231,9 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     @_no_reply(Milter.P_NR_BODY)
     def body(self, chunk: bytes) -> Any:
+        if self.deferred_failure:
+            self.body_chunks = []  # the message will be tempfailed: keep nothing, log nothing more
+            return
         if self.spool is not None:
             self.spool.write(chunk)
             return

@@ -24,24 +24,17 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
+from tests.debian import apt_install, tail
+
 POSTFIX = Path("/usr/sbin/postfix")
 MASTER = Path("/usr/lib/postfix/sbin/master")  # Debian's daemon_directory
 DEBCONF_PRESEED = b"postfix postfix/main_mailer_type select No configuration\n"
-# What apt prints when its package lists do not know the package, or know a version the mirror
-# no longer has: the only failures `apt-get update` can fix.
-APT_STALE = ("Unable to locate package", "has no installation candidate", "404  Not Found")
 SINK_USER = "nobody"  # an existing unprivileged account: virtual(8) refuses to deliver as root
 COMMAND_TIMEOUT = 30.0  # any single postfix(1) command
 
 
 class PostfixUnavailable(RuntimeError):
     """Postfix is not installed and could not be installed."""
-
-
-def _tail(text: str | bytes, lines: int = 30) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _listening(port: int, host: str = "127.0.0.1") -> bool:
@@ -60,39 +53,17 @@ def ensure_installed(timeout: float = 600.0) -> str:
         return "already installed"
     if os.geteuid() != 0:
         raise PostfixUnavailable(f"{POSTFIX} is missing and installing it needs root")
-    deadline = time.monotonic() + timeout
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     # "No configuration": the package then writes no /etc/postfix/main.cf, so its own system
     # instance has nothing to run even where a service manager would start it. We never use it.
-    subprocess.run(["debconf-set-selections"], input=DEBCONF_PRESEED, env=env, check=True,
+    subprocess.run(["debconf-set-selections"], input=DEBCONF_PRESEED,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), check=True,
                    capture_output=True, timeout=COMMAND_TIMEOUT)
     port25_before = _listening(25)
-
-    def apt(*args: str) -> subprocess.CompletedProcess[str]:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PostfixUnavailable(f"installing postfix took more than {timeout:.0f}s")
-        try:
-            # The lock timeout: a concurrent apt/dpkg (another test run) is waited for, not failed on.
-            return subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=120", *args], env=env,
-                                  capture_output=True, text=True, timeout=left)
-        except subprocess.TimeoutExpired as e:
-            raise PostfixUnavailable(
-                f"apt-get {' '.join(args)} did not finish within {timeout:.0f}s:\n{_tail(e.stdout or '')}"
-            ) from e
-
     # --no-remove: if Postfix would replace an installed MTA (exim4, ...), apt aborts instead of
     # removing it; this suite must not change which MTA the machine runs.
-    install = ("install", "-y", "-q", "--no-install-recommends", "--no-remove", "postfix")
-    done = apt(*install)
-    if done.returncode != 0 and any(s in done.stdout + done.stderr for s in APT_STALE):
-        update = apt("update", "-q")
-        if update.returncode != 0:
-            raise PostfixUnavailable(f"apt-get update failed:\n{_tail(update.stdout + update.stderr)}")
-        done = apt(*install)
-    if done.returncode != 0 or not POSTFIX.exists():
-        raise PostfixUnavailable(
-            f"apt-get install postfix failed (exit {done.returncode}):\n{_tail(done.stdout + done.stderr)}")
+    apt_install(["postfix"], error=PostfixUnavailable, timeout=timeout, options=["--no-remove"])
+    if not POSTFIX.exists():
+        raise PostfixUnavailable(f"apt-get install postfix succeeded but {POSTFIX} is missing")
     if not port25_before and _listening(25):
         # Debian's postinst may start the system instance where a service manager allows it; that
         # instance is none of ours (and port 25 is not used by these tests), so only say so.
@@ -329,7 +300,7 @@ delay_warning_time = 0
 
     def maillog(self, lines: int = 60) -> str:
         try:
-            return _tail(self.maillog_file.read_text(errors="replace"), lines)
+            return tail(self.maillog_file.read_text(errors="replace"), lines)
         except OSError:
             return "(no maillog)"
 

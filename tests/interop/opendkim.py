@@ -63,6 +63,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
+from tests.debian import apt_install
 from tests.dnsserver import DnsServer
 from tests.mailfactory import Key
 from tests.milterclient import MtaSession, Outcome
@@ -71,9 +72,6 @@ from tests.zoneresolver import zone_text
 OPENDKIM = Path("/usr/sbin/opendkim")
 PACKAGES = ("opendkim", "opendkim-tools")
 INSTALL_TIMEOUT = 600.0
-# What apt says when its package lists are missing or stale: the only failures `apt-get update`
-# can fix.
-APT_STALE = ("Unable to locate package", "has no installation candidate", "404  Not Found")
 AUTHSERV_ID = "opendkim.interop.example"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -87,12 +85,6 @@ class OpenDkimUnavailable(RuntimeError):
 
 class OpenDkimError(RuntimeError):
     """OpenDKIM did not start, or did not answer a message the way a verifier should."""
-
-
-def _tail(text: str | bytes | None, lines: int = 30) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return "\n".join((text or "").splitlines()[-lines:])
 
 
 def ensure_opendkim(timeout: float = INSTALL_TIMEOUT) -> str:
@@ -110,32 +102,9 @@ def ensure_opendkim(timeout: float = INSTALL_TIMEOUT) -> str:
         raise OpenDkimUnavailable(f"{OPENDKIM} is missing and installing it needs root")
     if shutil.which("apt-get") is None:
         raise OpenDkimUnavailable(f"{OPENDKIM} is missing and there is no apt-get to install it")
-    deadline = time.monotonic() + timeout
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-
-    def apt(*args: str) -> subprocess.CompletedProcess[str]:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise OpenDkimUnavailable(f"installing opendkim took more than {timeout:.0f}s")
-        try:
-            # The lock timeout: a concurrent apt/dpkg (another test run) is waited for, not failed on.
-            return subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=120", *args], env=env,
-                                  capture_output=True, text=True, timeout=left, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as e:
-            raise OpenDkimUnavailable(
-                f"apt-get {' '.join(args)} did not finish within {timeout:.0f}s:\n{_tail(e.stdout)}") from e
-
-    install = ("install", "-y", "-q", "--no-install-recommends", *PACKAGES)
-    done = apt(*install)
-    if done.returncode != 0 and any(s in done.stdout + done.stderr for s in APT_STALE):
-        update = apt("update", "-q")
-        if update.returncode != 0:
-            raise OpenDkimUnavailable(f"apt-get update failed:\n{_tail(update.stdout + update.stderr)}")
-        done = apt(*install)
-    if done.returncode != 0 or not OPENDKIM.exists():
-        raise OpenDkimUnavailable(
-            f"apt-get install {' '.join(PACKAGES)} failed (exit {done.returncode}):\n"
-            f"{_tail(done.stdout + done.stderr)}")
+    apt_install(PACKAGES, error=OpenDkimUnavailable, timeout=timeout)
+    if not OPENDKIM.exists():
+        raise OpenDkimUnavailable(f"apt-get install {' '.join(PACKAGES)} succeeded but {OPENDKIM} is missing")
     return "installed"
 
 
