@@ -174,6 +174,9 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self._leadspc = bool(protocol & Milter.P_HDR_LEADSPC)
         if not self._leadspc:
             log.warning("MTA does not pass header leading space; simple canonicalization may fail")
+        # Which replies the MTA spares us (SMFIP_NR_*) is the first thing to look at when a
+        # milter's cost per message differs between MTAs.
+        log.debug("negotiated actions=0x%x protocol=0x%x (offered 0x%x)", actions, self._protocol, protocol)
         return result
 
     @_no_reply(Milter.P_NR_CONN)
