@@ -63,7 +63,7 @@ def _guarded(func: _F) -> _F:
     return cast(_F, wrapper)
 
 
-def _no_reply(flag: int) -> Callable[[_F], _F]:
+def _no_reply(flag: int) -> Callable[[Callable[..., None]], Callable[..., Any]]:
     """A callback that never refuses, so it need not answer when the MTA agrees (SMFIP_NR_*).
 
     Every reply saved is a write and a wake-up on both sides, for each header of each message. An
@@ -72,7 +72,7 @@ def _no_reply(flag: int) -> Callable[[_F], _F]:
     MTAs that do not support it (older Sendmail, test clients) get CONTINUE as before.
     """
 
-    def decorate(func: _F) -> _F:
+    def decorate(func: Callable[..., None]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(self: AuthMilter, *args: Any) -> Any:
             try:
@@ -84,7 +84,7 @@ def _no_reply(flag: int) -> Callable[[_F], _F]:
             return Milter.NOREPLY if self._protocol & flag else Milter.CONTINUE
 
         setattr(wrapper, "milter_protocol", flag)  # noqa: B010 - the attribute pymilter looks up
-        return cast(_F, wrapper)
+        return wrapper
 
     return decorate
 
@@ -157,6 +157,14 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             client_host=self.client_host, queue_id=self.queue_id, macros=dict(self.macros),
         )
 
+    def _early(self, stage: Stage, rcpt: str | None = None) -> Verdict | None:
+        """A refusal at MAIL FROM or RCPT TO, or None; keeps the SPF result for end of message."""
+        if self.app.policy.earliest_stage > stage:
+            return None  # no rule can act yet: skip building the envelope for nothing
+        envelope = self._envelope(None if rcpt is None else [rcpt])
+        verdict, self.spf = self.app.early(envelope, stage, rcpt=rcpt, spf=self.spf)
+        return verdict
+
     def _refuse(self, verdict: Verdict, what: str) -> Any:
         self._log_verdict(verdict, self._envelope(), None)
         if verdict.reply:
@@ -180,7 +188,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         return result
 
     @_no_reply(Milter.P_NR_CONN)
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> Any:
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> None:
         if not self._counted:
             with AuthMilter._open_lock:
                 AuthMilter._open += 1
@@ -190,12 +198,10 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             self.client_ip = str(hostaddr[0])
         else:
             self.client_ip = None
-        return Milter.CONTINUE
 
     @_no_reply(Milter.P_NR_HELO)
-    def hello(self, hostname: str) -> Any:
+    def hello(self, hostname: str) -> None:
         self.helo = _text(hostname)
-        return Milter.CONTINUE
 
     @_guarded
     @_raw_bytes
@@ -207,9 +213,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         for name in ("{auth_authen}", "{daemon_name}", "j"):
             self.macros[name] = self._macro(name)
         self.queue_id = self._macro("i")
-        if self.app.policy.earliest_stage > Stage.RCPT:
-            return Milter.CONTINUE  # nothing can refuse before DATA: no envelope to build
-        verdict, self.spf = self.app.early(self._envelope(), Stage.MAIL)
+        verdict = self._early(Stage.MAIL)
         if verdict is not None:
             return self._refuse(verdict, "mail")
         return Milter.CONTINUE
@@ -218,10 +222,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
     @_raw_bytes
     def envrcpt(self, to: str | bytes, *params: Any) -> Any:
         rcpt = _strip_angle(_text(to))
-        if self.app.policy.earliest_stage > Stage.RCPT:
-            self.rcpts.append(rcpt)
-            return Milter.CONTINUE
-        verdict, self.spf = self.app.early(self._envelope([rcpt]), Stage.RCPT, rcpt=rcpt, spf=self.spf)
+        verdict = self._early(Stage.RCPT, rcpt)
         if verdict is not None:
             return self._refuse(verdict, "rcpt")  # this recipient only; the MTA keeps the others
         self.rcpts.append(rcpt)
@@ -229,11 +230,11 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     @_no_reply(Milter.P_NR_HDR)
     @_raw_bytes
-    def header(self, name: str | bytes, value: bytes) -> Any:
+    def header(self, name: str | bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
 
     @_no_reply(Milter.P_NR_BODY)
-    def body(self, chunk: bytes) -> Any:
+    def body(self, chunk: bytes) -> None:
         if self.deferred_failure:
             self.body_chunks = []  # the message will be tempfailed: keep nothing, log nothing more
             return
