@@ -79,7 +79,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"authmilter: cannot read {args.message}: {e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
-    headers, body = split_message(raw)
+    notes: list[str] = []
+    headers, body = split_message(raw, notes)
+    for note in notes:
+        print(f"authmilter: note: {note}", file=sys.stderr)
     mail_from = args.mail_from.strip()
     if mail_from.startswith("<") and mail_from.endswith(">"):
         mail_from = mail_from[1:-1]

@@ -90,7 +90,7 @@ from authmilter.core.dkim import (
     parse_message,
 )
 from authmilter.core.dnsapi import Resolver
-from authmilter.core.model import ArcHop, ArcResult
+from authmilter.core.model import ArcHop, ArcResult, field_key
 
 __all__ = ["MAX_INSTANCES", "MAX_KEY_LOOKUPS", "verify_arc"]
 
@@ -271,7 +271,7 @@ def _validate(ctx: _Context) -> ArcResult:
 
 def _read_field(msg: _Message, pos: int) -> _Field:
     raw_name, value = msg.fields[pos]
-    kind = raw_name.lower()
+    kind = field_key(raw_name)
     label = _NAMES[kind]
     if len(value) > MAX_SIGNATURE_FIELD_BYTES:
         raise _Broken(f"{label} field larger than {MAX_SIGNATURE_FIELD_BYTES} bytes")

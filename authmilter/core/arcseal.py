@@ -55,7 +55,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from authmilter.core.dkim import _NULL_LOGGER
 from authmilter.core.message import split_message
-from authmilter.core.model import Header
+from authmilter.core.model import Header, field_key
 from authmilter.core.signing import (
     _B_PLACEHOLDER,
     _H_SEPARATOR,
@@ -243,7 +243,7 @@ def _build(
 
     # --- AMS: the message's selected fields (never an ARC field, so not our AAR), and the body.
     wanted = set(signed)
-    ams_candidates = [(h.name, h.value + b"\r\n") for h in fields if _relaxed_name(h.name) in wanted]
+    ams_candidates = [(h.name, h.value + b"\r\n") for h in fields if h.key in wanted]
     body_hash = base64.b64encode(hashlib.sha256(_canonical_body(_RELAXED, body)).digest())
     ams_tags = [
         (b"i", n),
@@ -281,7 +281,7 @@ def _build(
     # ...) selects exactly the 5.1.1 order, wherever the sets stand in the message. The new AS
     # itself is hashed last by gen_header, with its b= emptied.
     signer.headers = sealed[::-1]
-    as_value = _finish(signer.gen_header(as_tags, [_relaxed_name(name) for name, _ in sealed], _RELAXED,
+    as_value = _finish(signer.gen_header(as_tags, [field_key(name) for name, _ in sealed], _RELAXED,
                                          b"ARC-Seal", key.signer, standardized))
 
     reason = f"i={instance} cv={sealed_cv} d={key.domain} s={key.selector} a={key.algorithm}"
@@ -317,11 +317,6 @@ def _finish(value: bytes) -> bytes:
     # gen_header ends the value with CRLF, and when the last folded line of b= would be empty
     # it leaves "CRLF SP" before it; neither belongs in a value, and b= is not hashed.
     return value.rstrip(b" \t\r\n")
-
-
-def _relaxed_name(name: bytes) -> bytes:
-    # How dkimpy's relaxed canonicalization names a field, which is what h= selection compares.
-    return name.lower().rstrip()
 
 
 def _aar_payload(authserv_id: str, auth_results: str) -> str:
@@ -368,7 +363,7 @@ class _Chain:
         found: dict[tuple[int, bytes], list[tuple[bytes, bytes]]] = {}
         seal_cv: dict[int, bytes] = {}
         for h in fields:
-            name = _relaxed_name(h.name)
+            name = h.key
             if name not in _ARC_NAMES:
                 continue
             unfolded = h.value.replace(b"\r\n", b"")
@@ -434,6 +429,6 @@ def _default_header_list(fields: Sequence[Header]) -> list[bytes]:
     over-signed names once more; From always."""
     oversign = {n.encode("ascii") for n in AMS_OVERSIGN}
     names = list(dict.fromkeys(n.encode("ascii") for n in ("from", *AMS_HEADERS, *AMS_OVERSIGN)))
-    counts = Counter(_relaxed_name(h.name) for h in fields)
+    counts = Counter(h.key for h in fields)
     return [n for n in names for _ in range(counts[n] + (1 if n in oversign else 0))]
 

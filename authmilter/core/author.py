@@ -68,7 +68,7 @@ class _Mailbox:
 
 def parse_author(headers: Sequence[Header]) -> AuthorResult:
     """Find the single author domain in the message's From field, or say precisely why not."""
-    froms = [h for h in headers if h.name.strip(b" \t").lower() == b"from"]
+    froms = [h for h in headers if h.key == b"from"]
     if not froms:
         return AuthorResult(domain=None, error="no From header field")
     if len(froms) > 1:
@@ -442,7 +442,10 @@ def _decode_encoded_words(text: str) -> str:
         charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
         try:
             return data.decode(charset, errors="replace")
-        except LookupError:
+        except (LookupError, UnicodeError, ValueError, TypeError):
+            # An unknown charset, or one Python's codec refuses ("idna" and "undefined" raise
+            # UnicodeError whatever the bytes): undecodable text. latin-1 keeps every byte visible
+            # to the look-alike checks, as a reader guessing at the charset might see it.
             return data.decode("latin-1")
 
     return _ENCODED_WORD.sub(decode, text)

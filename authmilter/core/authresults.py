@@ -425,8 +425,10 @@ def forged_headers(headers: Sequence[Header], authserv_id: str) -> tuple[HeaderD
     deleting a broken header costs nothing.
 
     `occurrence` counts, from 1, the fields whose name equals Authentication-Results
-    case-insensitively, in header order, as smfi_chgheader does; names are compared exactly as the
-    MTA reported them, so the count matches the MTA's. The deletions come in descending
+    case-insensitively, in header order, as smfi_chgheader does. A name with white space before
+    its colon (`Authentication-Results :`, RFC 5322 obs-optional) is that field too: a reader takes
+    it as one. Postfix hands such a field to milters under the bare name and counts it among them
+    (tests/e2e deletes one), so the count matches the MTA's. The deletions come in descending
     occurrence order, so applying them one by one never shifts the ones still to come.
     """
     ours = _normalize_id(authserv_id)
@@ -436,7 +438,7 @@ def forged_headers(headers: Sequence[Header], authserv_id: str) -> tuple[HeaderD
     deletes: list[HeaderDelete] = []
     occurrence = 0
     for header in headers:
-        if header.name.lower() != name:
+        if header.key != name:
             continue
         occurrence += 1
         if _claims(header.value, ours):

@@ -58,7 +58,7 @@ from dkim.util import DuplicateTag, InvalidTagValueList, parse_tag_value
 
 from authmilter.core import dkimpy_fast  # noqa: F401 - installs OpenSSL RSA and the body fast path
 from authmilter.core.dnsapi import DnsStatus, Resolver
-from authmilter.core.model import DkimResult, Header
+from authmilter.core.model import DkimResult, Header, field_key
 
 __all__ = ["MAX_KEY_RECORD_BYTES", "MAX_SIGNATURE_FIELD_BYTES", "verify_dkim"]
 
@@ -98,9 +98,10 @@ _KEY_TYPE = {b"rsa-sha256": b"rsa", b"rsa-sha1": b"rsa", b"ed25519-sha256": b"ed
 _REQUIRED = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
 
 _LINE_BREAK = re.compile(rb"\r?\n")
-# A field name is printable US-ASCII except ":" and must be followed directly by the colon
-# (the same rule dkimpy's parser applies).
-_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+):")
+# A field name is printable US-ASCII except ":"; white space may stand before the colon (RFC 5322
+# section 4.5 obs-optional, which receivers must read). The group keeps that white space: simple
+# canonicalization hashes the name exactly as it was written.
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+[ \t]*):")
 _HDR_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+\Z")
 _H_SPLIT = re.compile(rb"\s*:\s*")
 _FWS = re.compile(rb"[ \t\r\n]+")
@@ -136,7 +137,7 @@ _RELAXED = CanonicalizationPolicy.from_c_value(b"simple/relaxed")
 @dataclass(frozen=True)
 class _Message:
     fields: list[tuple[bytes, bytes]]  # (name, value) with value as dkimpy expects it
-    by_name: dict[bytes, list[int]]  # lower-case name -> positions in `fields`
+    by_name: dict[bytes, list[int]]  # field_key(name) -> positions in `fields`
     body: bytes  # line ends normalized to CRLF, as dkimpy would
     sig_positions: list[int]  # positions of the DKIM-Signature fields
 
@@ -282,7 +283,7 @@ def _split_message(head: bytes, body: bytes) -> _Message:
 
     def flush() -> None:
         if name is not None:
-            by_name.setdefault(name.lower(), []).append(len(fields))
+            by_name.setdefault(field_key(name), []).append(len(fields))
             fields.append((name, b"".join(parts)))
 
     for line in _LINE_BREAK.split(head):

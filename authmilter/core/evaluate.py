@@ -9,12 +9,15 @@ the command line is what the milter did. Rules kept here:
    is accepted early, because an accepted message must still get its Authentication-Results.
 3. Any exception inside a check or the decision becomes the configured fail-safe verdict: a bug
    or a hostile message must never turn into an accidental accept, nor pass on a forged
-   Authentication-Results header.
+   Authentication-Results header. `fail_safe = "accept"` accepts such mail only when no From
+   field names a domain that asks for enforcement (p, sp or np of reject or quarantine): a crafted
+   message that breaks a check must not be the way round a domain's DMARC policy.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -22,10 +25,10 @@ from dataclasses import dataclass, replace
 
 from authmilter.core.arc import verify_arc
 from authmilter.core.arcseal import seal_message
-from authmilter.core.author import parse_author
+from authmilter.core.author import normalize_domain, parse_author
 from authmilter.core.authresults import build_authentication_results, forged_headers
 from authmilter.core.dkim import parse_parts, verify_dkim
-from authmilter.core.dmarc import evaluate_dmarc
+from authmilter.core.dmarc import discover_policy, evaluate_dmarc
 from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import (
     Action,
@@ -141,7 +144,7 @@ def evaluate(
                                f"outbound ({outbound}): {outcome.status}", outbound=outbound,
                                signing=outcome)
     except Exception:
-        return _fail_safe(settings, None, (), "signing failed", traceback.format_exc())
+        return _fail_safe(settings, None, (), "signing failed", traceback.format_exc(), guard=(tx, dns))
     try:
         spf = spf or _spf(tx, dns, settings)
         parsed = parse_parts(tx.headers, tx.body)  # once, for DKIM and ARC both
@@ -154,14 +157,16 @@ def evaluate(
         dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
         results = Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc)
     except Exception:
-        return _fail_safe(settings, None, deletes, "evaluation failed", traceback.format_exc())
+        return _fail_safe(settings, None, deletes, "evaluation failed", traceback.format_exc(),
+                          guard=(tx, dns))
     try:
         decision = decide(policy, facts_for(tx, results, Stage.EOM, spf=spf))
         override = decision.override if dmarc.result == "fail" else None
         ar = build_authentication_results(authserv_id, results, client_ip=tx.client_ip,
                                           dmarc_override=override)
     except Exception:
-        return _fail_safe(settings, results, deletes, "policy decision failed", traceback.format_exc())
+        return _fail_safe(settings, results, deletes, "policy decision failed", traceback.format_exc(),
+                          guard=(tx, dns))
     verdict = _from_decision(decision, results, ar, deletes)
     if signing.arc_seal and verdict.action in (Action.ACCEPT, Action.QUARANTINE) and \
             signing.arc_recipient(tx.rcpts):
@@ -271,10 +276,60 @@ def _fail_safe(
     detail: str,
     *,
     stage: Stage = Stage.EOM,
+    guard: tuple[Transaction, Resolver] | None = None,
 ) -> Verdict:
+    """The verdict for mail we could not evaluate. `guard` (the message and the resolver) is given
+    at end of message, where "accept" must first rule out a From domain that asks for enforcement."""
     if settings.fail_safe == "accept":
-        # Accepted without our header, but never with a forged one claiming to be ours.
-        return Verdict(Action.ACCEPT, None, results, "", deletes, (), reason, (detail,),
-                       stage=stage.value)
+        enforced = _enforcing_author(results, *guard) if guard is not None else ""
+        if not enforced:
+            # Accepted without our header, but never with a forged one claiming to be ours.
+            return Verdict(Action.ACCEPT, None, results, "", deletes, (), reason, (detail,),
+                           stage=stage.value)
+        reason = f"{reason}; tempfail although fail_safe is accept: {enforced}"
     return Verdict(Action.TEMPFAIL, TEMPFAIL_REPLY, results, "", (), (), reason, (detail,),
                    stage=stage.value)
+
+
+_ENFORCING = frozenset({"reject", "quarantine"})
+# Anything after an "@" up to a delimiter of the address syntax: deliberately looser than the From
+# parser, which is what may just have failed. Domains that do not normalise are no DNS names and
+# can hold no DMARC record.
+_AT_DOMAIN = re.compile(rb"@[ \t]*([^\s<>,;:()\"\[\]\\@]+)")
+_MAX_GUARD_DOMAINS = 3
+
+
+def _enforcing_author(results: Results | None, tx: Transaction, dns: Resolver) -> str:
+    """Why mail that failed evaluation must not be accepted unevaluated, or "" if nothing says so.
+
+    Reads the DMARC result when there is one; otherwise every domain found after an "@" in the From
+    fields, each asked for its policy record (at most a few, so a hostile From costs little DNS). A
+    lookup that fails counts as enforcing: the policy may well be reject.
+    """
+    dmarc = results.dmarc if results is not None else None
+    if dmarc is not None and dmarc.policy in _ENFORCING:
+        return f"{dmarc.domain} publishes p={dmarc.policy}"
+    domains: list[str] = []
+    for h in tx.headers:
+        if h.key != b"from":
+            continue
+        for m in _AT_DOMAIN.finditer(h.value):
+            try:
+                domain = normalize_domain(m.group(1).decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if domain not in domains:
+                domains.append(domain)
+    for domain in domains[:_MAX_GUARD_DOMAINS]:
+        try:
+            found = discover_policy(domain, dns)
+        except Exception:
+            return f"the DMARC policy of {domain} could not be read"
+        if found.temperror:
+            return f"the DMARC policy of {domain} is unknown (DNS temporary error)"
+        record = found.record
+        if record is not None and _ENFORCING.intersection((record.p, record.sp, record.np)):
+            return f"{domain} is covered by a DMARC record that asks for enforcement"
+    if len(domains) > _MAX_GUARD_DOMAINS:
+        return f"From names {len(domains)} domains"
+    return ""

@@ -16,16 +16,32 @@ if TYPE_CHECKING:
     from authmilter.core.signing import SigningOutcome
 
 
+def field_key(name: bytes) -> bytes:
+    """The name a header field is known by: lower case, without white space before the colon.
+
+    RFC 5322 section 4.5 (obs-optional) lets white space stand between a field name and its colon,
+    and receivers must read `From :` as From. Every match on a field name goes through this, so
+    no check can see a field that another one misses; the name as received stays in `Header.name`
+    for canonicalization, which must hash the bytes that were signed.
+    """
+    return name.rstrip(b" \t").lower()
+
+
 @dataclass(frozen=True)
 class Header:
     """One header field exactly as received.
 
-    `value` is every byte after the colon, leading white space included, with folding line breaks
-    as CRLF. 8-bit bytes are kept: relaxed and simple canonicalization must see what was signed.
+    `name` is every byte before the colon (white space before it included); `value` is every byte
+    after the colon, leading white space included, with folding line breaks as CRLF. 8-bit bytes
+    are kept: relaxed and simple canonicalization must see what was signed.
     """
 
     name: bytes
     value: bytes
+
+    @property
+    def key(self) -> bytes:
+        return field_key(self.name)
 
     def raw(self) -> bytes:
         return self.name + b":" + self.value + b"\r\n"

@@ -423,9 +423,9 @@ def _sign(tx: Transaction, config: SigningConfig, now: float) -> SigningOutcome:
     if author.error or not author.domain or not author.addresses:
         # Signing would vouch for a message whose author receivers cannot agree on.
         return SigningOutcome("bad-author", reason=author.error or "no author domain")
-    if any(h.name.strip(b" \t").lower() == b"from" and h.name.lower() != b"from" for h in tx.headers):
-        # "From :" is obsolete syntax that simple canonicalization would not select for h=: the
-        # From a reader sees would go unsigned.
+    if any(h.key == b"from" and h.name.lower() != b"from" for h in tx.headers):
+        # "From :" is obsolete syntax that verifiers built on dkimpy's simple canonicalization do
+        # not select for h=: our signature would fail there, or leave the From a reader sees unsigned.
         return SigningOutcome("bad-author", reason="white space before the colon of From")
     sender = _sender_address(tx.mail_from)
     entry, domain = _find_entry(config.entries, author.addresses[0], sender)
@@ -495,20 +495,17 @@ class _Prepared:
     def __init__(self, headers: Sequence[Header], body: bytes, settings: SigningSettings) -> None:
         self.canon = CanonicalizationPolicy.from_c_value(settings.canonicalization.encode("ascii"))
         self.expire_seconds = settings.expire_seconds
-        relaxed = self.canon.header_algorithm.name == b"relaxed"
         oversign = {n.encode("ascii") for n in settings.oversign}
         signed = ["from", *settings.headers, *settings.oversign]
         names = list(dict.fromkeys(n.encode("ascii") for n in signed))  # ordered, no repeats
 
-        def select_name(raw: bytes) -> bytes:
-            # dkimpy selects fields after header canonicalization: relaxed strips the name.
-            return raw.lower().rstrip(b" \t") if relaxed else raw.lower()
-
-        counts = Counter(select_name(h.name) for h in headers)
+        # dkimpy selects by field_key (core/dkimpy_fast installs that selection), whatever the
+        # canonicalization.
+        counts = Counter(h.key for h in headers)
         self.h = [n for n in names for _ in range(counts[n] + (1 if n in oversign else 0))]
         wanted = set(names)
         # Only fields whose name is in h= can be selected; dkimpy need not canonicalize the rest.
-        self.fields = [(h.name, _crlf(h.value) + b"\r\n") for h in headers if select_name(h.name) in wanted]
+        self.fields = [(h.name, _crlf(h.value) + b"\r\n") for h in headers if h.key in wanted]
         canonical_body = _canonical_body(self.canon, _crlf(body))
         self.body_hash = base64.b64encode(hashlib.sha256(canonical_body).digest())
 

@@ -183,6 +183,56 @@ def test_missing_or_duplicate_from_gets_550_5_7_x(rig: Rig, case: str) -> None:
     assert_not_delivered(rig, mid)
 
 
+# --- header forms a reader and the milter must agree on ---------------------------------------
+# What Postfix 3.7 was seen to do with them: it hands "From :" and "From\t:" to milters under the
+# bare name "From"; it counts "Authentication-Results :" among the Authentication-Results fields
+# for smfi_chgheader; and it hands over, and delivers, a header value only up to its first NUL.
+
+
+@pytest.mark.parametrize("colon", [b" :", b"\t:"], ids=["space", "tab"])
+def test_from_with_white_space_before_the_colon_is_a_second_from(rig: Rig, colon: bytes) -> None:
+    mid = f"<obs-from-{len(colon)}-{colon[0]}@outside.example>"
+    msg = make_message(from_="mallory@outside.example", to=RCPT, message_id=mid,
+                       extra_headers=(b"From" + colon + b" Alice <alice@sender.example>",))
+
+    reply = rig.send(msg, mail_from="mallory@outside.example", source_ip=OUTSIDE_IP,
+                     helo="mail.outside.example")
+
+    assert (reply.stage, reply.code) == ("eom", 550), str(reply)
+    assert reply.text.startswith("5.7.1"), str(reply)
+    assert_not_delivered(rig, mid)
+
+
+def test_forged_results_with_white_space_before_the_colon_are_deleted(rig: Rig) -> None:
+    mid = "<obs-ar@sender.example>"
+    # On top of the signed message: dkimpy's signer cannot parse the old form.
+    msg = b"Authentication-Results : mx.test.example; dmarc=pass header.d=forged\r\n" + signed("alice", mid)
+
+    reply = rig.send(msg, mail_from="alice@sender.example")
+
+    assert reply.code == 250, str(reply)
+    [d] = rig.postfix.wait_delivered(mid)
+    assert b"forged" not in d.raw
+    assert [authserv_id(v) for v in d.headers("Authentication-Results")] == [AUTHSERV_ID]
+
+
+def test_a_nul_in_from_cuts_the_field_for_the_milter_and_the_reader_alike(rig: Rig) -> None:
+    mid = "<nul-from@outside.example>"
+    msg = make_message(from_="mallory@outside.example\x00, Alice <alice@sender.example>", to=RCPT,
+                       message_id=mid)
+
+    reply = rig.send(msg, mail_from="mallory@outside.example", source_ip=OUTSIDE_IP,
+                     helo="mail.outside.example")
+
+    # The milter judged the From Postfix handed over, and that is the From the mailbox gets.
+    assert reply.code == 250, str(reply)
+    [d] = rig.postfix.wait_delivered(mid)
+    assert d.headers("From") == ["mallory@outside.example"]
+    assert b"\x00" not in d.raw and b"alice@sender.example" not in d.raw
+    [ar] = ours(d)
+    assert "header.from=outside.example" in ar, ar
+
+
 # --- failure and change of the milter --------------------------------------------------------
 
 
