@@ -99,9 +99,9 @@ _REQUIRED = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
 
 _LINE_BREAK = re.compile(rb"\r?\n")
 # A field name is printable US-ASCII except ":"; white space may stand before the colon (RFC 5322
-# section 4.5 obs-optional, which receivers must read). The group keeps that white space: simple
-# canonicalization hashes the name exactly as it was written.
-_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+[ \t]*):")
+# section 4.5 obs-optional, which receivers must read; any ASCII white space, as in field_key).
+# The group keeps that white space: simple canonicalization hashes the name as it was written.
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+\s*):")
 _HDR_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+\Z")
 _H_SPLIT = re.compile(rb"\s*:\s*")
 _FWS = re.compile(rb"[ \t\r\n]+")

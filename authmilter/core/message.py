@@ -5,7 +5,7 @@ line sees the very same `Header` values the milter would, including folding and 
 
 Two things an MTA does on the way are done here too, or `check` would judge a different message:
 - A field name may have white space before its colon (RFC 5322 section 4.5, obs-optional):
-  `From : a@b` is a From field, not the end of the header section.
+  `From : a@b` is a From field, not the end of the header section (see `field_key`).
 - A header value ends at its first NUL byte. Sendmail and Postfix keep header fields as C strings,
   and the milter protocol carries them as NUL-terminated strings (libmilter reads each value only
   up to the first NUL), so the milter never sees the rest, and Postfix delivers the field cut
@@ -46,7 +46,7 @@ def split_message(raw: bytes, notes: list[str] | None = None) -> tuple[tuple[Hea
             headers[-1][1].append(line)
         else:
             name, colon, value = line.partition(b":")
-            if not colon or _bad_name(name.rstrip(b" \t")):
+            if not colon or _bad_name(name.rstrip()):
                 break
             headers.append((name, [value]))
         i += 1

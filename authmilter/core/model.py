@@ -22,9 +22,12 @@ def field_key(name: bytes) -> bytes:
     RFC 5322 section 4.5 (obs-optional) lets white space stand between a field name and its colon,
     and receivers must read `From :` as From. Every match on a field name goes through this, so
     no check can see a field that another one misses; the name as received stays in `Header.name`
-    for canonicalization, which must hash the bytes that were signed.
+    for canonicalization, which must hash the bytes that were signed. Any ASCII white space counts,
+    not only SP and HTAB: a lenient reader may take `From\x0b:` for From too, and it is what
+    relaxed canonicalization strips. (Postfix turns a bare CR into a space and makes a line with
+    other control characters the start of the body, so through it these never get here.)
     """
-    return name.rstrip(b" \t").lower()
+    return name.rstrip().lower()
 
 
 @dataclass(frozen=True)

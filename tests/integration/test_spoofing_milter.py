@@ -34,6 +34,8 @@ CASES = [
     ("obs-from-space", message(b"From: a@evil.example", b"From : ceo@example.org"), "reject", "bad-from"),
     ("obs-from-tab", message(b"From\t: ceo@example.org", b"From: a@evil.example"), "reject", "bad-from"),
     ("obs-from-alone", message(b"From : ceo@example.org"), "reject", "dmarc-reject"),
+    ("obs-from-vtab", message(b"From: a@evil.example", b"From\x0b: ceo@example.org"), "reject", "bad-from"),
+    ("obs-from-cr", message(b"From\r: ceo@example.org", b"From: a@evil.example"), "reject", "bad-from"),
     ("idna-display-name", message(b"From: =?idna?b?w7/+?= <ceo@example.org>"), "reject", "dmarc-reject"),
     ("undefined-comment", message(b"From: ceo@example.org (=?undefined?q?x?=)"), "reject", "dmarc-reject"),
     ("two-addresses", message(b"From: a@evil.example, ceo@example.org"), "reject", "bad-from"),

@@ -57,7 +57,8 @@ def test_nul_cuts_the_rest_of_a_folded_value() -> None:
 
 
 @pytest.mark.parametrize("line", [b"From : a@example.org", b"From\t: a@example.org",
-                                  b"From \t :a@example.org"])
+                                  b"From \t :a@example.org", b"From\x0b: a@example.org",
+                                  b"From\x0c: a@example.org", b"From\r: a@example.org"])
 def test_white_space_before_the_colon_is_still_a_field(line: bytes) -> None:
     # RFC 5322 section 4.5 (obs-optional): the name is From; the bytes before the colon are kept
     # for simple canonicalization.
@@ -66,7 +67,7 @@ def test_white_space_before_the_colon_is_still_a_field(line: bytes) -> None:
     assert headers[1].raw() == line + b"\r\n" and body == b"body\r\n"
 
 
-@pytest.mark.parametrize("line", [b"\x0bFrom: x", b"From\x0b: x", b": x", b"From x"])
+@pytest.mark.parametrize("line", [b"\x0bFrom: x", b"Fr\x0bom: x", b": x", b"From x", b"From\xc2\xa0: x"])
 def test_a_line_that_is_no_field_still_ends_the_header_section(line: bytes) -> None:
     headers, body = split_message(b"To: b@example.org\r\n" + line + b"\r\n\r\nbody\r\n")
     assert [h.key for h in headers] == [b"to"]

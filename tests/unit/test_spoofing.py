@@ -56,7 +56,8 @@ def rejected(v: Verdict) -> bool:
 # --- white space between field name and colon (RFC 5322 section 4.5, obs-optional) --------------
 
 
-@pytest.mark.parametrize("colon", [b" :", b"\t:", b" \t :"], ids=["space", "tab", "mixed"])
+@pytest.mark.parametrize("colon", [b" :", b"\t:", b" \t :", b"\x0b:", b"\x0c:", b"\r:"],
+                         ids=["space", "tab", "mixed", "vtab", "formfeed", "cr"])
 @pytest.mark.parametrize("order", ["attacker-first", "victim-first"])
 def test_obs_from_is_a_second_from(colon: bytes, order: str) -> None:
     ours, theirs = b"From: a@evil.example", b"From" + colon + b" ceo@example.org"
