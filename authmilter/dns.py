@@ -26,6 +26,7 @@ import dns.message
 import dns.name
 import dns.rdata
 import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.PTR
 import dns.rdtypes.ANY.SOA
@@ -44,6 +45,14 @@ EDNS_PAYLOAD = 1232
 # RFC 7208 4.3 treats a malformed domain as a "none" result (not temperror), and DKIM/DMARC can
 # only conclude "no key"/"no policy" for it. Retrying such a name later can never succeed.
 INVALID_NAME = DnsAnswer(DnsStatus.NXDOMAIN, error="invalid name")
+
+# A CNAME chain that comes back on itself, in a NOERROR answer, is a definite answer: no record of
+# the type asked for can be reached from the name, and asking again cannot change that before the
+# zone is fixed. RFC 7208 section 4.4 keeps temperror for timeouts and RCODEs other than 0 and 3,
+# and section 5.5 skips a PTR target whose address lookup fails; pyspf, when it sees the loop
+# itself, also answers "no data". A resolver that turns the loop into SERVFAIL stays temperror:
+# that SERVFAIL cannot be told from any other. Not cached (TTL 0): such answers carry no SOA.
+CNAME_LOOP = DnsAnswer(DnsStatus.NODATA, error="CNAME loop")
 
 # Full stops that IDNA (RFC 3490 3.1) treats as label separators alongside ".".
 _DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
@@ -202,6 +211,37 @@ class DnsCache:
             return len(self._entries)
 
 
+def cname_loops(qname: dns.name.Name, answer: Sequence[Any]) -> bool:
+    """Whether the CNAMEs in an answer section, followed from `qname`, come back to a name passed."""
+    targets: dict[dns.name.Name, dns.name.Name] = {}
+    for rrset in answer:
+        if rrset.rdtype == dns.rdatatype.CNAME and len(rrset) > 0:
+            rdata = rrset[0]
+            assert isinstance(rdata, dns.rdtypes.ANY.CNAME.CNAME)
+            targets[rrset.name] = rdata.target
+    seen: set[dns.name.Name] = set()
+    name = qname
+    while name in targets:  # dns.name.Name compares case-insensitively, as DNS does
+        if name in seen:
+            return True
+        seen.add(name)
+        name = targets[name]
+    return False
+
+
+def _is_cname_loop(qname: dns.name.Name, exc: dns.resolver.NoNameservers) -> bool:
+    # dnspython follows a looping chain until its hop limit and then drops the server with
+    # ChainTooLong; the response it kept shows whether the chain loops or is merely long (then
+    # the data may exist further on, and the failure stays a temporary one).
+    errors = exc.kwargs.get("errors") or []
+    return bool(errors) and all(
+        isinstance(err[3], dns.message.ChainTooLong)
+        and isinstance(err[4], dns.message.Message)
+        and cname_loops(qname, err[4].answer)
+        for err in errors
+    )
+
+
 def _temperror(error: str) -> DnsAnswer:
     return DnsAnswer(DnsStatus.TEMPERROR, error=error[:_MAX_ERROR])
 
@@ -305,6 +345,8 @@ class DnsResolver:
         except dns.exception.Timeout:
             return _temperror("timeout")
         except dns.resolver.NoNameservers as exc:
+            if _is_cname_loop(qname, exc):
+                return CNAME_LOOP
             return _temperror(_failure_text(exc))
         except Exception as exc:  # the contract: a lookup never raises
             return _temperror(f"{type(exc).__name__}: {exc}")

@@ -9,10 +9,12 @@ Faults, set per exact name (case-insensitive), for every record type:
   servfail  SERVFAIL; TEMPERROR
   garbage   the server replies with bytes that are not a DNS message; TEMPERROR
   refused   REFUSED; TEMPERROR
-A name outside every zone is NXDOMAIN: the zones stand in for the whole DNS, so what they do not
-hold does not exist (a DMARC tree walk up to `_dmarc.org` must see NXDOMAIN, as it would on the
-Internet), and that NXDOMAIN carries the root zone's SOA, as a recursive resolver relays it, so
-resolvers may cache it for a day as they would. Wildcards are not implemented.
+A CNAME loop is answered NOERROR with the loop's CNAMEs, as authoritative servers answer it;
+ZoneResolver then says NODATA ("CNAME loop"), as DnsResolver does. A name outside every zone is
+NXDOMAIN: the zones stand in for the whole DNS, so what they do not hold does not exist (a DMARC
+tree walk up to `_dmarc.org` must see NXDOMAIN, as it would on the Internet), and that NXDOMAIN
+carries the root zone's SOA, as a recursive resolver relays it, so resolvers may cache it for a
+day as they would. Wildcards are not implemented.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ import dns.rrset
 import dns.zone
 
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
-from authmilter.dns import INVALID_NAME, dns_name, record_from_rdata
+from authmilter.dns import CNAME_LOOP, INVALID_NAME, cname_loops, dns_name, record_from_rdata
 
 FAULTS = frozenset({"timeout", "servfail", "garbage", "refused"})
-MAX_CHAIN = 8  # CNAME hops before we call it a loop
+MAX_CHAIN = 8  # CNAME hops (without a loop) before we give up, as a recursive resolver would
 
 
 def zone_text(
@@ -176,6 +178,9 @@ class ZoneData:
 
         A real authoritative server stops at its zone's edge; we go on because the stub resolver
         under test cannot chase CNAMEs itself and this server stands in for its recursive resolver.
+        A CNAME loop is answered as authoritative servers (BIND, NSD) answer one: NOERROR with
+        each CNAME of the loop once, so clients see the loop itself. A chain longer than
+        MAX_CHAIN without a loop is SERVFAIL, as recursive resolvers give up on those.
         """
         with self._lock:
             zone = self._zone_for(qname)
@@ -183,6 +188,7 @@ class ZoneData:
                 return Lookup(dns.rcode.NXDOMAIN, authority=[_ROOT_SOA])
             result = Lookup(dns.rcode.NOERROR)
             name = qname
+            seen = {qname}
             for _ in range(MAX_CHAIN):
                 node = zone.get_node(name)
                 if node is None:
@@ -203,11 +209,14 @@ class ZoneData:
                 target = cname[0]
                 assert isinstance(target, dns.rdtypes.ANY.CNAME.CNAME)
                 name = target.target
+                if name in seen:
+                    return result  # a CNAME loop: the chain is the whole answer
+                seen.add(name)
                 next_zone = self._zone_for(name)
                 if next_zone is None:
                     return result  # the chain leaves our data: the CNAME is all we know
                 zone = next_zone
-            return Lookup(dns.rcode.SERVFAIL)  # CNAME loop
+            return Lookup(dns.rcode.SERVFAIL)  # a chain too long to follow
 
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
@@ -254,6 +263,8 @@ class ZoneResolver(ZoneData):
         if found.rcode != dns.rcode.NOERROR:
             return DnsAnswer(DnsStatus.TEMPERROR, error=dns.rcode.to_text(found.rcode))
         final = found.answer[-1] if found.answer else None
+        if rdtype_value != dns.rdatatype.CNAME and cname_loops(qname, found.answer):
+            return CNAME_LOOP  # what DnsResolver makes of the same answer on the wire
         if final is None or final.rdtype != rdtype_value:
             return DnsAnswer(DnsStatus.NODATA, ttl=_negative_ttl(found))
         records = tuple(record_from_rdata(rdata) for rdata in final)

@@ -23,6 +23,9 @@ or does in a way a milter cannot live with:
   here, where dkimpy gets some wrong (it rejects s=email:tlsrpt, ignores h=, never compares k= with a=).
 * The checks RFC 6376 and RFC 8301 require that dkimpy skips: From must be signed, l= must not exceed
   the body, strict base64 in bh=, key h= / k= / t=s, rsa-sha1 and short RSA keys never pass.
+* i= is dkim-quoted-printable (RFC 6376 2.11, 3.5): we decode it before checking it against d= and
+  reporting it. dkimpy compares it as written, so a signature whose i= needed decoding gets its
+  tag checks on a decoded copy (see _run_dkimpy); what it hashes is the field as received.
 * Clock. dkimpy checks t= and x= against time.time() with 10 h of slop and has no clock parameter, so
   `now` drives our own t= / x= checks, made with the same slop before dkimpy runs.
 
@@ -35,8 +38,9 @@ Outcomes (RFC 8601 section 2.7.1 vocabulary):
              signatures beyond max_signatures (not verified)
   temperror  the key lookup could not be completed
   permerror  malformed signature (tag-list syntax, duplicate or missing required tag, unknown a= or c=,
-             bad base64, i= outside d=, From not signed, l= longer than the body, x= not after t=,
-             field over 16 KB or with whitespace-only folded lines, b= longer than any key allows),
+             bad base64, i= outside d= or not dkim-quoted-printable, From not signed, l= longer
+             than the body, x= not after t=, field over 16 KB or with whitespace-only folded
+             lines, b= longer than any key allows),
              no key (NXDOMAIN/NODATA), unusable key record (garbage, over 8 KB, revoked, k=/h=
              mismatch, t=s violated), or any unexpected dkimpy exception
 """
@@ -48,7 +52,7 @@ import binascii
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +85,7 @@ MAX_SIGNATURE_FIELD_BYTES = 16384
 # A 16384-bit RSA signature is 2048 bytes; ed25519 is 64. dkimpy converts b= to an integer one byte
 # at a time (quadratic), so anything longer is refused unread.
 _MAX_SIGNATURE_BYTES = 2048
+_ED25519_SIGNATURE_BYTES = 64  # RFC 8032 section 5.1.6
 
 # RFC 6376 3.5 lets verifiers treat t=/x= values longer than 12 digits as infinite (DoS guard).
 _MAX_TIME_DIGITS = 12
@@ -114,6 +119,9 @@ _DIGITS = re.compile(rb"[0-9]+\Z")
 # d= and s=, and nothing that could smuggle another name into the DNS query.
 _LABEL = re.compile(rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 _B64_CHARS = re.compile(r"[A-Za-z0-9+/]{0,8}")
+# RFC 2045 hex-octet, which dkim-quoted-printable (RFC 6376 2.11) uses: upper-case digits only.
+# Reading lower case too would turn a stray "=" before letters ("=4example") into some octet.
+_QP_HEX_OCTET = re.compile(rb"=([0-9A-F]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -322,6 +330,21 @@ class _Described:
     identity: str
 
 
+def _dkim_qp_decode(value: bytes) -> bytes | None:
+    """A dkim-quoted-printable value (RFC 6376 section 2.11) decoded; None when it is malformed.
+
+    White space in the encoded text is not part of the value (2.11 lets signers fold anywhere).
+    Malformed means an "=" that does not start a hex-octet: it has no decoding, and guessing one
+    would let two different identities be read from one signature.
+    """
+    value = _FWS.sub(b"", value)
+    if b"=" not in value:
+        return value
+    if value.count(b"=") != len(_QP_HEX_OCTET.findall(value)):
+        return None
+    return _QP_HEX_OCTET.sub(lambda m: bytes((int(m.group(1), 16),)), value)
+
+
 def _text(value: bytes | None) -> str:
     if not value:
         return ""
@@ -337,12 +360,16 @@ def _describe(value: bytes) -> _Described:
         if sep:
             tags.setdefault(key.strip(), val.strip())
     b = _FWS.sub(b"", tags.get(b"b", b""))[:8].decode("ascii", "replace")
+    identity = tags.get(b"i")
+    if identity is not None:
+        # header.i is the identity i= encodes (RFC 6376 3.5); one that does not decode is shown as written.
+        identity = _dkim_qp_decode(identity) or identity
     return _Described(
         domain=_text(tags.get(b"d")).lower(),
         selector=_text(tags.get(b"s")),
         algorithm=_text(tags.get(b"a")),
         b_prefix=b if _B64_CHARS.fullmatch(b) else "",
-        identity=_text(tags.get(b"i")),
+        identity=_text(identity),
     )
 
 
@@ -406,6 +433,10 @@ def _check_signature(ctx: _Context, value: bytes) -> dict[bytes, bytes]:
             raise _Outcome("permerror", f"{tag.decode()}= is not valid base64")
         if tag == b"b" and len(decoded) > _MAX_SIGNATURE_BYTES:
             raise _Outcome("permerror", "b= is longer than any accepted key allows")
+        if tag == b"b" and algorithm == b"ed25519-sha256" and len(decoded) != _ED25519_SIGNATURE_BYTES:
+            # PyNaCl raises on any other length; checked here so that it reads as the malformed
+            # signature it is rather than as an internal error.
+            raise _Outcome("permerror", f"b= is not an Ed25519 signature ({len(decoded)} bytes, not 64)")
 
     domain, selector = tags[b"d"], tags[b"s"]
     if not _is_dns_name(domain):
@@ -413,7 +444,10 @@ def _check_signature(ctx: _Context, value: bytes) -> dict[bytes, bytes]:
     if not _is_dns_name(selector) or len(selector) + len(domain) + len(b"._domainkey.") > 253:
         raise _Outcome("permerror", "s= is not a valid selector")
     if b"i" in tags:
-        _local, at, i_domain = tags[b"i"].rpartition(b"@")
+        identity = _dkim_qp_decode(tags[b"i"])
+        if identity is None:
+            raise _Outcome("permerror", "i= is not valid dkim-quoted-printable")
+        _local, at, i_domain = identity.rpartition(b"@")
         if not at:
             raise _Outcome("permerror", "i= is not an address (no @)")
         i_domain, d_lower = i_domain.lower(), domain.lower()
@@ -578,7 +612,8 @@ def _key_problem(key: dict[bytes, bytes], tags: dict[bytes, bytes]) -> str | Non
         if _ALGORITHMS[algorithm] not in hashes:
             return f"key h= does not allow {_ALGORITHMS[algorithm].decode()}"
     if b"i" in tags and b"s" in [f.strip().lower() for f in key.get(b"t", b"").split(b":")]:
-        i_domain = tags[b"i"].rpartition(b"@")[2].lower()
+        # Never None here (_check_signature refused such an i=); the fallback is for the types.
+        i_domain = (_dkim_qp_decode(tags[b"i"]) or tags[b"i"]).rpartition(b"@")[2].lower()
         if i_domain != tags[b"d"].lower():
             return "key has t=s but i= is a subdomain of d="
     return None
@@ -631,7 +666,7 @@ def _attempt(
     testing = b"y" in [f.strip().lower() for f in key.get(b"t", b"").split(b":")]
     note = " (key in testing mode, t=y)" if testing else ""
     try:
-        verified = bool(verifier.verify(idx=idx, dnsfunc=dnsfunc))
+        verified = _run_dkimpy(ctx, index, idx, tags, dnsfunc)
         error: Exception | None = None
     except _Outcome:
         raise
@@ -649,6 +684,28 @@ def _attempt(
     if verifier.ktag is None:
         return ("permerror", "public key in key record could not be parsed", None), True
     return ("fail", "signature did not verify" + note, bits), True
+
+
+def _run_dkimpy(
+    ctx: _Context, index: int, idx: int, tags: dict[bytes, bytes], dnsfunc: Callable[..., bytes]
+) -> bool:
+    """dkimpy's verification of signature `index` (number `idx` among the fields it was given).
+
+    dkimpy (1.1.8) checks i= against d= as written, so an i= that only decodes into d=
+    (`jlong=40example.com`) is refused although it is valid. For such a signature, and only then,
+    dkimpy's own tag checks run on a copy of the tags with i= decoded (ours already passed on the
+    decoded value), and its DKIM.verify is done in its two steps with that copy. Nothing hashed
+    changes: dkimpy hashes the signature field from `sig_header`, as received, never the tags.
+    """
+    verifier = ctx.verifier
+    identity = _dkim_qp_decode(tags[b"i"]) if b"i" in tags else None
+    if identity is None or identity == tags[b"i"]:
+        return bool(verifier.verify(idx=idx, dnsfunc=dnsfunc))
+    view = {**tags, b"i": identity}
+    dkim.validate_signature_fields(view)
+    names = [n.lower() for n in _H_SPLIT.split(tags[b"h"])]
+    sig_header = ctx.message.fields[ctx.message.sig_positions[index]]
+    return bool(verifier.verify_sig(view, names, sig_header, dnsfunc))
 
 
 def _headers_for(

@@ -5,7 +5,8 @@ which of the four things happened, because the protocols above us (SPF, DKIM, DM
 them to their own results, and they must not confuse "no such name" with "could not ask".
 
 Rule 2: timeouts and SERVFAIL (and REFUSED, and malformed replies) are TEMPERROR; NXDOMAIN and
-NODATA are definite answers and are not.
+NODATA are definite answers and are not. A NOERROR answer whose CNAME chain loops is NODATA (with
+error "CNAME loop"): no record of the type can be reached from the name, now or on a retry.
 
 Record shapes in `DnsAnswer.records`, by type:
   TXT   tuple[bytes, ...]    the record's character-strings, not joined (SPF and DKIM join them)

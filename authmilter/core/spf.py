@@ -86,8 +86,9 @@ def _dns_lookup(name: str, qtype: str, strict: object = True, timeout: float = 2
         return []
     qname = _query_name(name)
     if qname is None:
-        # Macro expansion can build names no DNS server could hold (spaces from %{h}, raw
-        # UTF-8 from %{l}). Such a name does not exist; pyspf counts it as a void lookup.
+        # Macro expansion can build names we will not put on the wire (control characters from
+        # a hostile %{h} or %{l}, non-ASCII that is no IDN). Such a name is taken not to exist;
+        # pyspf counts it as a void lookup.
         return []
     try:
         answer = resolver.query(qname, rdtype)
@@ -121,7 +122,10 @@ def _query_name(name: str) -> str | None:
             return None
     if not name or len(name) > 253:
         return None
-    if any(not "!" <= c <= "~" for c in name):
+    # A space is printable here: RFC 7208 section 7.1 makes "%_" expand to one, so a label holding
+    # spaces is a name SPF records really ask for (as is "%" from "%%" and "%-"), and DNS labels
+    # can hold any octet. Control characters and DEL no SMTP transaction or macro can produce.
+    if any(not " " <= c <= "~" for c in name):
         return None
     return name
 

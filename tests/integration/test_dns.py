@@ -13,8 +13,10 @@ from pathlib import Path
 import dns.flags
 import dns.message
 import dns.query
+import dns.rcode
 import pytest
 
+import tests.zoneresolver
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.dns import DnsCache, DnsResolver
 from tests.dnsserver import DnsServer
@@ -43,6 +45,11 @@ ZONE = zone_text(
         "www": "CNAME mx",
         "offsite": "CNAME mail.example.org.",
         "dangling": "CNAME gone",
+        "loop": "CNAME loop2",
+        "loop2": "CNAME LOOP",  # back to the start, in another case
+        "self": "CNAME self",
+        **{f"hop{i}": f"CNAME hop{i + 1}" for i in range(17)},  # 17 CNAMEs, no loop
+        "hop17": "A 192.0.2.17",
         "nullmx": "MX 0 .",
         "short": "5 A 192.0.2.5",
         "zero": "0 A 192.0.2.6",
@@ -125,6 +132,48 @@ def test_cname_into_another_zone(server: DnsServer) -> None:
 
 def test_cname_to_nothing_is_nxdomain(server: DnsServer) -> None:
     assert resolver(server).query("dangling.example.com", "A").status is DnsStatus.NXDOMAIN
+
+
+def test_server_answers_a_cname_loop_with_its_cnames(server: DnsServer) -> None:
+    query = dns.message.make_query("loop.example.com", "A")
+    reply = dns.query.udp(query, "127.0.0.1", port=server.port, timeout=2)
+    assert reply.rcode() == dns.rcode.NOERROR
+    # Lower case on the wire: name compression points "LOOP" at the owner spelled "loop".
+    assert [rrset.to_text().lower().split() for rrset in reply.answer] == [
+        ["loop.example.com.", "300", "in", "cname", "loop2.example.com."],
+        ["loop2.example.com.", "300", "in", "cname", "loop.example.com."],
+    ]
+
+
+@pytest.mark.parametrize("name", ["loop.example.com", "LOOP2.example.com", "self.example.com"])
+@pytest.mark.parametrize("rdtype", ["A", "AAAA", "TXT"])
+def test_cname_loop_is_nodata_not_temperror(server: DnsServer, name: str, rdtype: str) -> None:
+    assert resolver(server).query(name, rdtype) == DnsAnswer(DnsStatus.NODATA, error="CNAME loop")
+
+
+def test_cname_loop_is_not_cached(server: DnsServer) -> None:
+    r = resolver(server, DnsCache())
+    for _ in range(2):
+        assert r.query("loop.example.com", "A").status is DnsStatus.NODATA
+    assert server.query_count("loop.example.com", "A") == 2
+
+
+def test_servfail_for_a_looping_name_stays_temperror(server: DnsServer) -> None:
+    # What a recursive resolver that refuses loops sends: it cannot be told from other SERVFAILs.
+    server.set_fault("loop.example.com", "servfail")
+    assert resolver(server).query("loop.example.com", "A").status is DnsStatus.TEMPERROR
+
+
+@pytest.mark.parametrize("server_limit", [tests.zoneresolver.MAX_CHAIN, 20])
+def test_long_cname_chain_without_loop_stays_temperror(
+    server: DnsServer, monkeypatch: pytest.MonkeyPatch, server_limit: int
+) -> None:
+    # With its own limit the server says SERVFAIL; past it, dnspython gives up after 16 hops of a
+    # chain that does not loop, and the record may well exist further on.
+    monkeypatch.setattr(tests.zoneresolver, "MAX_CHAIN", server_limit)
+    answer = resolver(server).query("hop0.example.com", "A")
+    assert answer.status is DnsStatus.TEMPERROR
+    assert ("too long" in answer.error) == (server_limit == 20), answer
 
 
 # -- negative answers --------------------------------------------------------------------------

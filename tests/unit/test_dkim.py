@@ -446,6 +446,85 @@ def test_subdomain_identity_passes() -> None:
     assert r.result == "pass"
 
 
+# i= is dkim-quoted-printable (RFC 6376 sections 2.11 and 3.5). The signatures are real: b= covers
+# i= exactly as written, encoded, so each one is signed over the encoded form.
+@pytest.mark.parametrize(
+    ("raw", "decoded"),
+    [
+        (b"jlong=40example.com", "jlong@example.com"),  # the whole address encoded, no literal @
+        (b"jlong=40mail.example.com", "jlong@mail.example.com"),
+        (b"alice=2Bnews@example.com", "alice+news@example.com"),
+        (b"alice@mail=2Eexample.com", "alice@mail.example.com"),  # an encoded char in the domain
+        (b"=40example.com", "@example.com"),
+        (b"alice=40exa\r\n mple.com", "alice@example.com"),  # white space in the encoding is ignored
+        (b"caf=C3=A9=40example.com", "caf\u00e9@example.com"),  # EAI: UTF-8 octets, encoded
+    ],
+)
+def test_quoted_printable_identity_is_decoded(raw: bytes, decoded: str) -> None:
+    key = rsa2048()
+    signed = sign_tags(MSG, key, extra=[(b"i", raw)])
+    assert b"i=" + raw + b";" in signed
+    r = only(verify(signed, zone_for(key)))
+    assert (r.result, r.reason) == ("pass", "signature verified"), r
+    assert r.identity == decoded
+
+
+def test_quoted_printable_identity_from_dkim_sign_passes() -> None:
+    # dkim.sign only checks that the identity ends with d=, so it writes an encoded one as given.
+    key = ed25519_key()
+    signed = sign(MSG, key, identity=b"jlong=40example.com")
+    r = only(verify(signed, zone_for(key)))
+    assert (r.result, r.identity) == ("pass", "jlong@example.com"), r
+
+
+def test_quoted_printable_identity_is_still_verified_by_dkimpy() -> None:
+    key = rsa2048()
+    signed = sign_tags(MSG, key, extra=[(b"i", b"jlong=40example.com")])
+    # The decoded form is the same identity, but b= covers the bytes as they were signed.
+    plain = signed.replace(b"i=jlong=40example.com;", b"i=jlong@example.com;", 1)
+    assert plain != signed
+    r = only(verify(plain, zone_for(key)))
+    assert (r.result, r.reason) == ("fail", "signature did not verify")
+    altered = signed.replace(b"Subject: Lunch on Friday", b"Subject: Lunch on Sunday")
+    assert only(verify(altered, zone_for(key))).result == "fail"
+    body = signed.replace(b"noon", b"one")
+    assert (only(verify(body, zone_for(key))).reason) == "body hash did not verify"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"jlong=40example.org", "i= domain is not d= or a subdomain of it"),
+        (b"jlong@notexample=2Ecom", "i= domain is not d= or a subdomain of it"),
+        (b"jlong=40evilexample.com", "i= domain is not d= or a subdomain of it"),
+        (b"jlong=2Eexample.com", "i= is not an address (no @)"),
+        (b"jlong=4example.com", "i= is not valid dkim-quoted-printable"),  # "=4e": hex is upper case
+        (b"jlong=2bnews@example.com", "i= is not valid dkim-quoted-printable"),
+        (b"jlong@example.com=4", "i= is not valid dkim-quoted-printable"),
+        (b"jlong=ZZ@example.com", "i= is not valid dkim-quoted-printable"),
+        (b"jlong@example.com=", "i= is not valid dkim-quoted-printable"),
+        (b"jlong==40example.com", "i= is not valid dkim-quoted-printable"),
+    ],
+)
+def test_bad_quoted_printable_identity_is_permerror(raw: bytes, reason: str) -> None:
+    key = rsa2048()
+    signed = sign_tags(MSG, key, extra=[(b"i", raw)])
+    resolver = DictResolver(zone_for(key))
+    r = only(verify_dkim(signed, resolver))
+    assert (r.result, r.reason) == ("permerror", reason), r
+    assert resolver.queries == []  # decided before any DNS query
+
+
+def test_key_strict_flag_reads_the_decoded_identity() -> None:
+    key = rsa2048()
+    strict = {"sel._domainkey.example.com": key.record.replace(b"k=rsa;", b"k=rsa; t=s;")}
+    same = sign_tags(MSG, key, extra=[(b"i", b"jlong=40example.com")])
+    assert only(verify(same, strict)).result == "pass"
+    sub = sign_tags(MSG, key, extra=[(b"i", b"jlong@mail=2Eexample.com")])
+    r = only(verify(sub, strict))
+    assert (r.result, r.reason) == ("permerror", "key has t=s but i= is a subdomain of d=")
+
+
 def test_h_without_from_is_permerror_even_when_signature_is_valid() -> None:
     key = rsa2048()
     signed = sign_tags(MSG, key, h=b"to : subject")
@@ -585,6 +664,19 @@ def test_key_hash_restriction() -> None:
 def test_ed25519_signature_with_rsa_key_is_permerror() -> None:
     r = only(verify(sign(MSG, ed25519_key()), zone_for(rsa2048())))
     assert (r.result, r.reason) == ("permerror", "key type k=rsa does not match a=ed25519-sha256")
+
+
+@pytest.mark.parametrize("b", [b"QUJD", base64.b64encode(b"x" * 63), base64.b64encode(b"x" * 65),
+                               base64.b64encode(b"x" * 256)])
+def test_ed25519_b_of_the_wrong_length_is_a_malformed_signature(b: bytes) -> None:
+    # Found by benchmarks/fuzz.py: PyNaCl raises ValueError for any length but 64, which read as
+    # "internal error: ValueError".
+    key = ed25519_key()
+    resolver = DictResolver(zone_for(key))
+    r = only(verify_dkim(replace_tag(sign(MSG, key), b"b", b), resolver))
+    assert (r.result, r.reason) == ("permerror", f"b= is not an Ed25519 signature "
+                                                 f"({len(base64.b64decode(b))} bytes, not 64)")
+    assert resolver.queries == []
 
 
 def test_key_service_type() -> None:

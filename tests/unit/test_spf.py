@@ -14,6 +14,8 @@ from authmilter.core import spf as spf_module
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.core.model import SpfIdentity, SpfResults
 from authmilter.core.spf import check_spf, normalize_client_ip
+from tests.spfzones import LABELS_NAME, LOOP_ZONES, MACRO_MANIA_NAME, MACRO_ZONE
+from tests.zoneresolver import ZoneResolver
 
 TEMP = "TEMPERROR"
 
@@ -339,6 +341,54 @@ def test_macro_lookup_goes_to_resolver() -> None:
     records[("10.2.0.192.user._spf.macro.example", "A")] = ["127.0.0.2"]
     assert run(records, mail_from="user@macro.example").effective.result == "pass"
     assert run(records, mail_from="other@macro.example").effective.result == "fail"
+
+
+# RFC 7208 section 7.1: "%%", "%_" and "%-" put "%", " " and "%20" into the name to look up, and
+# DNS labels can hold them: the name is asked for exactly as expanded.
+def test_macro_mania_in_domain() -> None:
+    resolver = ZoneResolver([MACRO_ZONE])
+    res = check_spf("192.0.2.1", "mail.macro.example", "test@e1a.macro.example", resolver)
+    assert (res.effective.result, res.effective.reason) == (
+        "pass", "matched a:macro%%percent%_%_space%-url-space.macro.example")
+    assert resolver.query_count(MACRO_MANIA_NAME, "A") == 1
+    other = check_spf("192.0.2.99", "mail.macro.example", "test@e1a.macro.example", resolver)
+    assert other.effective.result == "fail"
+
+
+def test_labels_of_percent_and_space_are_looked_up_as_expanded() -> None:
+    resolver = ZoneResolver([MACRO_ZONE])
+    res = check_spf("192.0.2.1", "mail.macro.example", "test@labels.macro.example", resolver)
+    assert res.effective.result == "pass", res.effective
+    assert resolver.query_count(LABELS_NAME, "A") == 1
+    # A name that does not exist is just no match: neither the space nor the "%" is an error.
+    other = check_spf("192.0.2.1", "mail.macro.example", "other@labels.macro.example", resolver)
+    assert other.effective.result == "fail", other.effective
+    assert resolver.query_count(LABELS_NAME.replace("test.", "other.", 1), "A") == 1
+
+
+# RFC 7208 section 5.5: a PTR target whose A lookup fails is skipped, and the search goes on. The
+# test suite's "ptr-cname-loop" has such a target behind a CNAME loop.
+@pytest.mark.parametrize(
+    ("ip", "mail_from", "result"),
+    [
+        ("192.0.2.4", "postmaster@loop.example", "neutral"),  # ptr-cname-loop itself
+        ("192.0.2.4", "postmaster@next.loop.example", "pass"),  # the next mechanism decides
+        ("192.0.2.5", "postmaster@both.loop.example", "pass"),  # the other PTR target validates
+    ],
+)
+def test_ptr_target_in_a_cname_loop_is_skipped(ip: str, mail_from: str, result: str) -> None:
+    resolver = ZoneResolver(LOOP_ZONES)
+    res = check_spf(ip, "loop.example", mail_from, resolver, check_helo=False)
+    assert res.effective.result == result, res.effective
+    assert resolver.query_count("loop4.loop.example", "A") == 1
+
+
+@pytest.mark.parametrize("fault", ["servfail", "timeout"])
+def test_ptr_target_that_cannot_be_asked_is_still_temperror(fault: str) -> None:
+    resolver = ZoneResolver(LOOP_ZONES)
+    resolver.set_fault("slow.loop.example", fault)
+    res = check_spf("192.0.2.6", "loop.example", "postmaster@loop.example", resolver)
+    assert res.effective.result == "temperror", res.effective
 
 
 # --- processing limits (RFC 7208 section 4.6.4) ---------------------------------------------------

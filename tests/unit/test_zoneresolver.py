@@ -69,3 +69,17 @@ def test_zones_can_be_replaced_and_queries_are_counted(zr: ZoneResolver) -> None
     assert zr.query_count("mx.example.com", "A") == 1
     with pytest.raises(ValueError):
         zr.set_fault("x.example.com", "explode")
+
+
+def test_cname_loop_is_nodata_and_an_endless_chain_temperror() -> None:
+    zr = ZoneResolver([zone_text("example.com", {
+        "loop": "CNAME loop2",
+        "loop2": "CNAME Loop",
+        **{f"hop{i}": f"CNAME hop{i + 1}" for i in range(12)},
+        "hop12": "A 192.0.2.12",
+    })])
+    for name in ("loop.example.com", "loop2.example.com"):
+        assert zr.query(name, "A") == DnsAnswer(DnsStatus.NODATA, error="CNAME loop")
+    assert zr.query("loop.example.com", "CNAME").records == ("loop2.example.com.",)
+    assert zr.query("hop0.example.com", "A") == DnsAnswer(DnsStatus.TEMPERROR, error="SERVFAIL")
+    assert zr.query("hop6.example.com", "A").records == ("192.0.2.12",)
