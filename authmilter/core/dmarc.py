@@ -10,6 +10,7 @@ Section references below are to RFC 9989 unless another RFC is named.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -416,11 +417,18 @@ def evaluate_dmarc(
     dkim_by = next((d for d in dkim_ids if align.aligned(d, record.adkim)), None)
     spf_ok = spf_id is not None and align.aligned(spf_id, record.aspf)
 
+    pending = [] if dkim_by is not None or spf_ok else _undetermined_checks(spf, dkim, align, record)
     if dkim_by is not None or spf_ok:
         result = "pass"
     elif align.undetermined:
         result = "temperror"
         notes.append("alignment undetermined: " + ", ".join(align.undetermined))
+    elif pending:
+        # An aligned identifier whose check could not finish (its DNS timed out) might have
+        # passed: "fail" would have the domain owner's reject refuse, for good, mail that a retry
+        # authenticates. temperror lets the policy tempfail it instead.
+        result = "temperror"
+        notes.append("authentication undetermined: " + ", ".join(pending))
     else:
         result = "fail"
 
@@ -460,6 +468,25 @@ def evaluate_dmarc(
         testing=testing,
         reason=_join(f"policy record at _dmarc.{record.domain}", notes),
     )
+
+
+def _undetermined_checks(
+    spf: SpfResults | None, dkim: Sequence[DkimResult], align: _Alignment, record: DmarcRecord
+) -> list[str]:
+    """The checks that ended in temperror for an identifier that would align, so could have passed."""
+    pending: list[str] = []
+    if spf is not None and spf.effective.result.lower() == "temperror":
+        with contextlib.suppress(ValueError):
+            if align.aligned(normalize_domain(spf.effective.domain), record.aspf):
+                pending.append(f"spf temperror for {spf.effective.domain}")
+    for sig in dkim:
+        if sig.result.lower() != "temperror":
+            continue
+        with contextlib.suppress(ValueError):
+            if align.aligned(normalize_domain(sig.domain), record.adkim):
+                pending.append(f"dkim temperror for d={sig.domain}")
+                break
+    return pending
 
 
 def _dkim_identifiers(dkim: Sequence[DkimResult], notes: list[str]) -> list[str]:

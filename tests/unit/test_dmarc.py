@@ -424,7 +424,9 @@ def test_dkim_sibling_subdomains_align_relaxed() -> None:
     assert result.result == "pass"
 
 
-@pytest.mark.parametrize("status", ["fail", "neutral", "temperror", "permerror", "policy"])
+# temperror is not among them: an aligned signature whose key lookup timed out makes DMARC
+# temperror (test_an_aligned_check_that_timed_out_is_temperror_not_fail).
+@pytest.mark.parametrize("status", ["fail", "neutral", "permerror", "policy"])
 def test_only_passing_signatures_count(status: str) -> None:
     result = evaluate("example.com", FakeDns(ORG), sigs=[dkim("example.com", status)])
     assert (result.result, result.policy) == ("fail", "reject")
@@ -457,7 +459,7 @@ def test_spf_exact_strict_pass() -> None:
     assert evaluate("example.com", dns, spf=spf_pass("EXAMPLE.com")).result == "pass"
 
 
-@pytest.mark.parametrize("status", ["fail", "softfail", "neutral", "none", "temperror", "permerror"])
+@pytest.mark.parametrize("status", ["fail", "softfail", "neutral", "none", "permerror"])
 def test_spf_non_pass_does_not_align(status: str) -> None:
     result = evaluate("example.com", FakeDns(ORG), spf=spf_pass("example.com", status))
     assert (result.result, result.spf_aligned) == ("fail", False)
@@ -740,3 +742,40 @@ def test_relaxed_walks_are_capped() -> None:
     assert result.result == "fail"
     assert len(dns.log) == 2 + 10  # the author's walk, then ten identifier walks of one new name each
     assert "more than 10 walks" in result.reason
+
+
+# --- a check that could not finish ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spf", "sigs"), [
+    (spf_pass("example.com", "temperror"), ()),
+    (spf_pass("bounce.example.com", "temperror"), ()),  # relaxed: aligned through the org domain
+    (None, (dkim("example.com", "temperror"),)),
+    (spf_pass("other.example", "fail"), (dkim("other.example"), dkim("mail.example.com", "temperror"))),
+])
+def test_an_aligned_check_that_timed_out_is_temperror_not_fail(
+        spf: SpfResults | None, sigs: Sequence[DkimResult]) -> None:
+    # A passing DNS fault must not let p=reject refuse, for good, mail a retry would authenticate.
+    dns = FakeDns({"_dmarc.example.com": "v=DMARC1; p=reject"},
+                  hosts={"bounce.example.com", "mail.example.com"})
+    result = evaluate("example.com", dns, spf=spf, sigs=sigs)
+    assert result.result == "temperror", result.reason
+    assert "authentication undetermined" in result.reason and result.policy == "reject"
+
+
+@pytest.mark.parametrize(("spf", "sigs"), [
+    (spf_pass("attacker.example", "temperror"), ()),
+    (None, (dkim("attacker.example", "temperror"),)),
+    (spf_pass("example.com", "fail"), (dkim("attacker.example", "temperror"),)),
+])
+def test_a_timed_out_check_for_another_domain_still_fails(spf: SpfResults | None,
+                                                          sigs: Sequence[DkimResult]) -> None:
+    dns = FakeDns({"_dmarc.example.com": "v=DMARC1; p=reject"})
+    result = evaluate("example.com", dns, spf=spf, sigs=sigs)
+    assert result.result == "fail", result.reason
+
+
+def test_strict_alignment_ignores_a_timed_out_subdomain() -> None:
+    dns = FakeDns({"_dmarc.example.com": "v=DMARC1; p=reject; aspf=s"}, hosts={"bounce.example.com"})
+    result = evaluate("example.com", dns, spf=spf_pass("bounce.example.com", "temperror"))
+    assert result.result == "fail", result.reason
