@@ -393,7 +393,7 @@ def _verify_ams(ctx: _Context, ams: _Field) -> _Sig:
     if ctx.body_hashes[key] != base64.b64decode(_FWS.sub(b"", tags[b"bh"])):
         return _Sig(False, "body hash did not verify")
 
-    headers, _ = _headers_for(replace(ctx.message, sig_positions=[ams.pos]), 0, tags)
+    headers = _headers_for(replace(ctx.message, sig_positions=[ams.pos]), 0, tags)
     # The body was checked above; without bh= dkimpy hashes only the header fields.
     sig = {b"a": tags[b"a"], b"b": tags[b"b"], b"c": c_value, b"d": _ascii(tags[b"d"]), b"s": tags[b"s"]}
     return _verify_with_keys(ctx, sig, names, ctx.message.fields[ams.pos], headers)

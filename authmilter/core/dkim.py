@@ -649,7 +649,7 @@ def _attempt(
     Returns (result, reason, key_bits) and whether another key could change the outcome.
     """
     verifier = ctx.verifier
-    verifier.headers, idx = _headers_for(ctx.message, index, tags)
+    verifier.headers = _headers_for(ctx.message, index, tags)
     verifier.body = _body_for_dkimpy(ctx, tags)
     # dkimpy assigns these only when a key loads; reset so a previous signature's key cannot leak in.
     verifier.pk, verifier.ktag, verifier.keysize = None, None, 0
@@ -666,7 +666,7 @@ def _attempt(
     testing = b"y" in [f.strip().lower() for f in key.get(b"t", b"").split(b":")]
     note = " (key in testing mode, t=y)" if testing else ""
     try:
-        verified = _run_dkimpy(ctx, index, idx, tags, dnsfunc)
+        verified = _run_dkimpy(ctx, index, tags, dnsfunc)
         error: Exception | None = None
     except _Outcome:
         raise
@@ -686,32 +686,34 @@ def _attempt(
     return ("fail", "signature did not verify" + note, bits), True
 
 
-def _run_dkimpy(
-    ctx: _Context, index: int, idx: int, tags: dict[bytes, bytes], dnsfunc: Callable[..., bytes]
-) -> bool:
-    """dkimpy's verification of signature `index` (number `idx` among the fields it was given).
+def _run_dkimpy(ctx: _Context, index: int, tags: dict[bytes, bytes], dnsfunc: Callable[..., bytes]) -> bool:
+    """dkimpy's verification of signature `index`, given the signature field itself.
 
-    dkimpy (1.1.8) checks i= against d= as written, so an i= that only decodes into d=
-    (`jlong=40example.com`) is refused although it is valid. For such a signature, and only then,
-    dkimpy's own tag checks run on a copy of the tags with i= decoded (ours already passed on the
-    decoded value), and its DKIM.verify is done in its two steps with that copy. Nothing hashed
-    changes: dkimpy hashes the signature field from `sig_header`, as received, never the tags.
+    dkimpy's DKIM.verify finds the signature by its position among the fields named exactly
+    "dkim-signature", so a `DKIM-Signature :` field (RFC 5322 obsolete syntax, which we count as a
+    signature) would shift it onto another one; and it checks i= against d= as written, so an i=
+    that only decodes into d= (`jlong=40example.com`) is refused although it is valid. So its two
+    steps are done here: its own tag checks, on a copy of the tags with i= decoded (ours already
+    passed on the decoded value), then verify_sig with the field as received. Nothing hashed
+    changes: dkimpy hashes the signature field from `sig_header`, never the tags.
     """
     verifier = ctx.verifier
-    identity = _dkim_qp_decode(tags[b"i"]) if b"i" in tags else None
-    if identity is None or identity == tags[b"i"]:
-        return bool(verifier.verify(idx=idx, dnsfunc=dnsfunc))
-    view = {**tags, b"i": identity}
+    view = dict(tags)
+    if b"i" in tags:
+        identity = _dkim_qp_decode(tags[b"i"])
+        if identity is not None:
+            view[b"i"] = identity
     dkim.validate_signature_fields(view)
     names = [n.lower() for n in _H_SPLIT.split(tags[b"h"])]
+    # What DKIM.verify records on the way, so nothing reads a previous signature's values.
+    verifier.signature_fields, verifier.include_headers = view, tuple(names)
+    verifier.domain, verifier.selector = view[b"d"], view[b"s"]
     sig_header = ctx.message.fields[ctx.message.sig_positions[index]]
     return bool(verifier.verify_sig(view, names, sig_header, dnsfunc))
 
 
-def _headers_for(
-    msg: _Message, index: int, tags: dict[bytes, bytes]
-) -> tuple[list[tuple[bytes, bytes]], int]:
-    """The fields dkimpy can select for signature `index`, in message order, and its idx among them.
+def _headers_for(msg: _Message, index: int, tags: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """The fields dkimpy can select for signature `index`, in message order.
 
     dkimpy selects, for a name listed n times in h=, the last n fields of that name (plus one extra
     From, its defence against a second From). Giving it only those fields changes nothing in what it
@@ -720,14 +722,10 @@ def _headers_for(
     wanted = Counter(_H_SPLIT.split(tags[b"h"].lower()))
     if b"from" in wanted:
         wanted[b"from"] += 1
-    sig_pos = msg.sig_positions[index]
-    positions = {sig_pos}
+    positions = {msg.sig_positions[index]}
     for name, count in wanted.items():
         positions.update(msg.by_name.get(name, [])[-count:])
-    ordered = sorted(positions)
-    sig_set = set(msg.sig_positions)
-    idx = sum(1 for p in ordered if p < sig_pos and p in sig_set)
-    return [msg.fields[p] for p in ordered], idx
+    return [msg.fields[p] for p in sorted(positions)]
 
 
 def _map_exception(error: Exception, bits: int | None, note: str) -> tuple[tuple[str, str, int | None], bool]:

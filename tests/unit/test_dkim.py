@@ -272,6 +272,21 @@ def test_rsa_and_ed25519_signatures_both_pass_in_header_order() -> None:
     ]
 
 
+@pytest.mark.parametrize("top", [True, False], ids=["obs-name-on-top", "obs-name-below"])
+def test_a_signature_field_written_the_old_way_is_verified_as_itself(top: bool) -> None:
+    # "DKIM-Signature :" (RFC 5322 obs syntax) is a signature; dkimpy's verify(idx) counts only
+    # exact names and would check the other signature in its place. Relaxed canonicalization hashes
+    # the name lower-cased and stripped, so each still verifies.
+    rsa_k, ed_k = rsa2048(), ed25519_key()
+    signed = sign(sign(MSG, rsa_k, selector=b"rsa"), ed_k, selector=b"ed")
+    upper, lower = signed.split(b"\r\nDKIM-Signature:", 1)  # the ed25519 one is on top
+    if top:
+        upper = upper.replace(b"DKIM-Signature:", b"DKIM-Signature :", 1)
+    signed = upper + (b"\r\nDKIM-Signature:" if top else b"\r\nDKIM-Signature\t:") + lower
+    results = verify(signed, {**zone_for(rsa_k, "rsa"), **zone_for(ed_k, "ed")})
+    assert [(r.result, r.selector) for r in results] == [("pass", "ed"), ("pass", "rsa")], results
+
+
 def test_1024_bit_key_passes_at_the_default_minimum() -> None:
     key = rsa_key(1024)
     r = only(verify(sign(MSG, key), zone_for(key)))
@@ -787,7 +802,7 @@ def test_huge_number_of_signatures() -> None:
 def test_unexpected_dkimpy_exception_is_contained(monkeypatch: pytest.MonkeyPatch) -> None:
     key = rsa2048()
     signed = sign(sign(MSG, key, selector=b"s1"), key, selector=b"s2")
-    real_verify = dkim.DKIM.verify
+    real_verify = dkim.DKIM.verify_sig  # what our layer calls for each signature
     calls = []
 
     def flaky(self: dkim.DKIM, *args: object, **kwargs: object) -> object:
@@ -796,7 +811,7 @@ def test_unexpected_dkimpy_exception_is_contained(monkeypatch: pytest.MonkeyPatc
             raise RuntimeError("boom")
         return real_verify(self, *args, **kwargs)
 
-    monkeypatch.setattr(dkim.DKIM, "verify", flaky)
+    monkeypatch.setattr(dkim.DKIM, "verify_sig", flaky)
     results = verify(signed, {**zone_for(key, "s1"), **zone_for(key, "s2")})
     assert [(r.selector, r.result, r.reason) for r in results] == [
         ("s2", "permerror", "internal error: RuntimeError"),
