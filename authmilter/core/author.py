@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import contextlib
 import encodings.idna
 import functools
@@ -40,6 +41,10 @@ _SPECIALS = frozenset("<>@,;:.")
 
 # RFC 2047 encoded-word. Only ever legitimate in display names and comments.
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+# Python codecs that are no MIME charset: they turn escape sequences in the sender's bytes into
+# other characters (and warn while doing it), or refuse to decode at all.
+_NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined",
+                           "charmap"})
 # An address in angle brackets inside text a reader sees (display name, comment). A naive parser
 # or a decode-before-parse client would pick that one up instead of the real address.
 _BRACKETED_ADDRESS = re.compile(r"<[^<>]*@[^<>]*>")
@@ -441,6 +446,8 @@ def _decode_encoded_words(text: str) -> str:
             return match.group(0)
         charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
         try:
+            if codecs.lookup(charset).name in _NOT_CHARSETS:
+                raise LookupError(charset)
             return data.decode(charset, errors="replace")
         except (LookupError, UnicodeError, ValueError, TypeError):
             # An unknown charset, or one Python's codec refuses ("idna" and "undefined" raise
