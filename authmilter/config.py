@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket as _socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from authmilter.core.evaluate import EvalSettings
+from authmilter.policyfile import _Locator
 
 
 class ConfigError(Exception):
-    """A config the milter refuses to run with; str() is the operator-facing message."""
+    """A config the milter refuses to run with; str() is the operator-facing message.
+
+    `key_path` is the key at fault, as TOML nests it, so that `load_config` can add its line.
+    """
+
+    def __init__(self, message: str, key_path: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.key_path = key_path
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,13 @@ class Config:
     syslog_socket: str = "/dev/log"
     metrics_listen: str = ""  # "ADDRESS:PORT" for the Prometheus endpoint; empty: off
     milter_timeout: int = 300
+    # MTA connections one process serves at once (counted from option negotiation to close); one
+    # more is tempfailed at connect. Per process: each worker has its own threads and memory.
+    max_connections: int = 1000
+    # What one message's header section may hold before it gets the fail-safe reply instead of a
+    # verdict: every field is kept in memory until the end of the message.
+    max_header_bytes: int = 16 * 1024 * 1024
+    max_header_fields: int = 20000
     # Processes serving the socket: a count, or "auto" for one per CPU. 1 (no supervisor) is the
     # default because it is what small sites need and because [metrics] needs it.
     workers: int | str = 1
@@ -59,19 +75,22 @@ class Config:
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_WORKERS = 256
+MAX_CONNECTIONS = 100_000
 _FAIL_SAFE = ("tempfail", "accept")
 
 
 class _Reader:
     """Pops typed keys out of one TOML table, so whatever is left over is, by definition, unknown."""
 
-    def __init__(self, path: str, table: Mapping[str, Any], prefix: str = "") -> None:
+    def __init__(self, path: str, table: Mapping[str, Any], prefix: str = "",
+                 parts: tuple[str, ...] = ()) -> None:
         self.path = path
         self.table = dict(table)
         self.prefix = prefix
+        self.parts = parts
 
     def error(self, key: str, reason: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {self.prefix}{key}: {reason}")
+        return ConfigError(f"{self.path}: {self.prefix}{_display_key(key)}: {reason}", (*self.parts, key))
 
     def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         if key not in self.table:
@@ -102,14 +121,28 @@ class _Reader:
             raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def take_path(self, key: str, default: str) -> str:
+        value: str = self.take(key, str, default)
+        if "\0" in value:
+            # TOML allows "\u0000"; no file name holds one, and the OS refuses it with a traceback.
+            raise self.error(key, "a file name cannot contain a NUL character")
+        return value
+
     def sub(self, key: str) -> _Reader:
         value = self.take(key, dict, {})
-        return _Reader(self.path, value, f"{self.prefix}{key}.")
+        return _Reader(self.path, value, f"{self.prefix}{key}.", (*self.parts, key))
 
     def finish(self) -> None:
         if self.table:
             unknown = sorted(self.table)[0]
             raise self.error(unknown, "unknown key")
+
+
+def _display_key(key: str) -> str:
+    # An unknown key can be anything TOML allows (empty, spaces, quotes): show it as TOML writes it.
+    if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key):
+        return key
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -126,11 +159,13 @@ def validate_socket(spec: str) -> str | None:
     """Why `spec` is not a libmilter socket we can open, or None if it is."""
     if spec.startswith("unix:") or spec.startswith("local:"):
         path = spec.split(":", 1)[1]
+        if "\0" in path:
+            return "a socket path cannot contain a NUL character"
         return None if path.startswith("/") else "a unix socket needs an absolute path"
     if spec.startswith("inet:") or spec.startswith("inet6:"):
         rest = spec.split(":", 1)[1]
         port, _, host = rest.partition("@")
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not _is_port(port):
             return f"bad port {port!r} (expected inet:PORT@HOST)"
         if host:
             try:
@@ -174,9 +209,15 @@ def workers_problem(workers: int | str, metrics_listen: str) -> str | None:
     return None
 
 
+def _is_port(text: str) -> bool:
+    # str.isdigit() and int() also take other scripts' digits ("\u0661\u0662" is 12), which
+    # libmilter and the HTTP server would not: ASCII digits only.
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
 def _listen_problem(listen: str) -> str | None:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not _is_port(port):
         return f"expected ADDRESS:PORT, got {listen!r}"
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -192,22 +233,29 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     if problem:
         raise top.error("socket", problem)
     authserv_id = top.take("authserv_id", str, "").strip()
-    if authserv_id and any(c.isspace() or c in ';"()\\' for c in authserv_id):
-        raise top.error("authserv_id", "must be a host name without spaces, quotes, ';' or parentheses")
+    if authserv_id and any(not "!" <= c <= "~" or c in ';"()\\' for c in authserv_id):
+        # Printable ASCII only: Authentication-Results refuses anything else, so every message
+        # would get the fail-safe reply.
+        raise top.error("authserv_id", "must be a host name of printable ASCII, without spaces, quotes, "
+                                       "';' or parentheses")
     log_level = top.take_choice("log_level", "info", _LOG_LEVELS)
     log_format = top.take_choice("log_format", "kv", ("kv", "json"))
     log_target = top.take_choice("log_target", "stderr", ("stderr", "syslog"))
-    syslog_socket = top.take("syslog_socket", str, "/dev/log")
+    syslog_socket = top.take_path("syslog_socket", "/dev/log")
     if not syslog_socket.startswith("/"):
         raise top.error("syslog_socket", "needs an absolute path")
     milter_timeout = top.take_int("milter_timeout", 300, 1, 3600)
+    max_connections = top.take_int("max_connections", Config.max_connections, 1, MAX_CONNECTIONS)
+    # At least one whole milter packet's worth, or no real message could pass.
+    max_header_bytes = top.take_int("max_header_bytes", Config.max_header_bytes, 64 * 1024, 1 << 30)
+    max_header_fields = top.take_int("max_header_fields", Config.max_header_fields, 100, 10_000_000)
     try:
         workers = parse_workers(top.table.pop("workers", 1))
     except ValueError as e:
         raise top.error("workers", str(e)) from None
     pin_workers = top.take("pin_workers", bool, True)
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
-    signing = top.take("signing", str, "")
+    signing = top.take_path("signing", "")
     signing_file = str((Path(path).resolve().parent / signing).resolve()) if signing else ""
     policy = top.take("policy", (str, list), [])
     policy_list = [policy] if isinstance(policy, str) else policy
@@ -216,6 +264,8 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     for item in policy_list:
         if not isinstance(item, str) or not item:
             raise top.error("policy", "expected a file name or a list of file names")
+        if "\0" in item:
+            raise top.error("policy", f"{item!r}: a file name cannot contain a NUL character")
         # Relative to the config file, so a config directory can be moved as a whole.
         policy_files.append(str((base / item).resolve()))
 
@@ -223,6 +273,9 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     nameservers = dns_r.take("nameservers", list, [])
     for ns in nameservers:
         try:
+            # ip_address() also takes integers (1 is 0.0.0.1, and so is true).
+            if not isinstance(ns, str):
+                raise TypeError(ns)
             ipaddress.ip_address(ns)
         except (ValueError, TypeError):
             raise dns_r.error("nameservers", f"{ns!r} is not an IP address") from None
@@ -246,7 +299,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
 
     spool_r = top.sub("spool")
     spool_above = spool_r.take_int("above", 1024 * 1024, 0, 1 << 40)
-    spool_directory = spool_r.take("directory", str, "")
+    spool_directory = spool_r.take_path("directory", "")
     if spool_directory and not os.path.isabs(spool_directory):
         raise spool_r.error("directory", "needs an absolute path")
     if spool_directory and not os.path.isdir(spool_directory):
@@ -275,6 +328,9 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         syslog_socket=syslog_socket,
         metrics_listen=metrics_listen,
         milter_timeout=milter_timeout,
+        max_connections=max_connections,
+        max_header_bytes=max_header_bytes,
+        max_header_fields=max_header_fields,
         workers=workers,
         pin_workers=pin_workers,
         spool_above=spool_above,
@@ -306,9 +362,19 @@ def load_config(path: str | Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        # tomllib's message already carries "(at line N, column M)".
-        raise ConfigError(f"{name}: {e}") from None
-    return parse_config(name, data)
+        # tomllib's message carries "(at line N, column M)", or "(at end of document)".
+        m = re.search(r"\(at line (\d+),", str(e))
+        # Lines counted in "\n", as TOML does (str.splitlines() also breaks at form feeds).
+        line = int(m.group(1)) if m else text.rstrip("\n").count("\n") + 1
+        raise ConfigError(f"{name}:{line}: {e}") from None
+    try:
+        return parse_config(name, data)
+    except ConfigError as e:
+        if not e.key_path:
+            raise
+        # tomllib reports no positions for keys; find the key's line in the text, as policy files do.
+        line = _Locator(text).line(e.key_path)
+        raise ConfigError(str(e).replace(f"{name}: ", f"{name}:{line}: ", 1), e.key_path) from None
 
 
 def default_authserv_id(mta_j: str | None, hostname: Callable[[], str] = _socket.getfqdn) -> str:

@@ -327,7 +327,9 @@ class _File:
         except tomllib.TOMLDecodeError as e:
             message = str(e)
             m = re.search(r"\(at line (\d+), column (\d+)\)\s*\Z", message)
-            line = int(m.group(1)) if m else len(text.splitlines()) or 1
+            # "(at end of document)": the last line. Counted in "\n" as TOML and editors count
+            # lines; str.splitlines() also breaks at form feeds, vertical tabs and more.
+            line = int(m.group(1)) if m else text.rstrip("\n").count("\n") + 1
             reason = message[: m.start()].rstrip() + f" (column {m.group(2)})" if m else message
             self.problems.append(Problem(self.name, line, "", f"invalid TOML: {reason}"))
             return None

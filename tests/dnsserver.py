@@ -6,12 +6,21 @@
 
 It answers authoritatively (AA) with NXDOMAIN/NODATA carrying the zone SOA, follows CNAMEs,
 honours the client's EDNS payload size (512 without EDNS) and sets TC when an answer does not
-fit in UDP, so clients exercise their TCP fallback. Faults and counters: see `tests.zoneresolver`.
+fit in UDP, so clients exercise their TCP fallback. Faults and counters: see `tests.zoneresolver`;
+on top of those this server has faults only a network server can show, set per name the same way:
+
+    server.set_fault("_dmarc.example.org", "stall")             # never answered (like "timeout")
+    server.set_fault("_dmarc.example.org", "stall", delay=3.0)  # the real answer, 3 s late
+    server.set_fault("example.org", "truncate")                 # UDP: TC=1 and no records; TCP: real
+
+A late answer does not hold up anything else: it waits in a queue while other queries are
+answered. `released(name)` tells when late answers for a name went out (time.monotonic()).
 
 As a process (for integration tests of the milter and for demos):
 
     python -m tests.dnsserver --zone FILE [--zone FILE ...] [--port N] [--host 127.0.0.1]
-                              [--fault NAME=timeout|servfail|garbage ...]
+                              [--fault NAME=timeout|servfail|garbage|refused|truncate ...]
+                              [--fault NAME=stall[:SECONDS] ...]
 
 prints "READY <port>" once listening and serves until SIGTERM or SIGINT. A zone file without
 $ORIGIN takes its origin from the file name, minus a ".zone" suffix.
@@ -20,6 +29,8 @@ $ORIGIN takes its origin from the file name, minus a ".zone" suffix.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import heapq
 import os
 import re
 import selectors
@@ -41,11 +52,13 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from tests.zoneresolver import ZoneData
+from tests.zoneresolver import ZoneData, name_key
 
 POLL = 0.05  # how often the serving threads look at the stop flag, in seconds
 JOIN_TIMEOUT = 2.0
 BIND_ATTEMPTS = 20
+SERVER_FAULTS = frozenset({"stall", "truncate"})
+MAX_DELAY = 60.0  # a late answer later than this is a test bug, not a fault worth waiting for
 
 
 class DnsServer(ZoneData):
@@ -58,6 +71,39 @@ class DnsServer(ZoneData):
         self._tcp: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
+        self._server_lock = threading.Lock()
+        self._server_faults: dict[str, tuple[str, float | None]] = {}
+        # Late UDP answers: (due, sequence, reply, peer, name), sent by the serving thread.
+        self._late: list[tuple[float, int, bytes, tuple[str, int], str]] = []
+        self._late_seq = 0
+        self._released: dict[str, list[float]] = {}
+
+    # -- faults only a server can show ---------------------------------------------------
+
+    def set_fault(self, name: str, fault: str | None, *, delay: float | None = None) -> None:
+        """As `ZoneData.set_fault`, plus "stall" (with an optional `delay`) and "truncate"."""
+        if delay is not None and (fault != "stall" or not 0 < delay <= MAX_DELAY):
+            raise ValueError(f"delay is for 'stall' only, between 0 and {MAX_DELAY} s")
+        key = name_key(name)
+        with self._server_lock:
+            self._server_faults.pop(key, None)
+            if fault in SERVER_FAULTS:
+                self._server_faults[key] = (fault, delay)
+        super().set_fault(name, None if fault in SERVER_FAULTS else fault)
+
+    def clear_faults(self) -> None:
+        with self._server_lock:
+            self._server_faults.clear()
+        super().clear_faults()
+
+    def _server_fault(self, name: dns.name.Name) -> tuple[str, float | None] | None:
+        with self._server_lock:
+            return self._server_faults.get(name_key(name))
+
+    def released(self, name: str) -> list[float]:
+        """When late answers for `name` were sent, in time.monotonic() seconds."""
+        with self._server_lock:
+            return list(self._released.get(name_key(name), ()))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -129,7 +175,7 @@ class DnsServer(ZoneData):
             selector.register(self._udp, selectors.EVENT_READ)
             selector.register(self._tcp, selectors.EVENT_READ)
             while not self._stopping.is_set():
-                for key, _ in selector.select(POLL):
+                for key, _ in selector.select(self._next_wait()):
                     try:
                         if key.fileobj is self._udp:
                             self._on_datagram(self._udp)
@@ -137,12 +183,36 @@ class DnsServer(ZoneData):
                             self._on_connection(self._tcp)
                     except OSError:
                         pass  # a client that went away, or a spurious wake-up
+                self._send_late(self._udp)
+
+    def _next_wait(self) -> float:
+        with self._server_lock:
+            if not self._late:
+                return POLL
+            return max(0.0, min(POLL, self._late[0][0] - time.monotonic()))
+
+    def _send_late(self, udp: socket.socket) -> None:
+        while True:
+            with self._server_lock:
+                if not self._late or self._late[0][0] > time.monotonic():
+                    return
+                _, _, reply, peer, name = heapq.heappop(self._late)
+                self._released.setdefault(name, []).append(time.monotonic())
+            # The client may be gone: a late answer often finds nobody waiting.
+            with contextlib.suppress(OSError):
+                udp.sendto(reply, peer)
 
     def _on_datagram(self, udp: socket.socket) -> None:
         wire, peer = udp.recvfrom(65535)
-        reply = self._reply(wire, "udp")
-        if reply is not None:
-            udp.sendto(reply, peer)
+        reply, delay, name = self._reply(wire, "udp")
+        if reply is None:
+            return
+        if delay:
+            with self._server_lock:
+                self._late_seq += 1
+                heapq.heappush(self._late, (time.monotonic() + delay, self._late_seq, reply, peer, name))
+            return
+        udp.sendto(reply, peer)
 
     def _on_connection(self, tcp: socket.socket) -> None:
         conn, _ = tcp.accept()
@@ -167,9 +237,15 @@ class DnsServer(ZoneData):
                 while len(buffer) >= 2 and len(buffer) >= 2 + int.from_bytes(buffer[:2], "big"):
                     size = int.from_bytes(buffer[:2], "big")
                     wire, buffer = buffer[2 : 2 + size], buffer[2 + size :]
-                    reply = self._reply(wire, "tcp")
+                    reply, delay, name = self._reply(wire, "tcp")
                     if reply is None:
                         continue
+                    if delay:
+                        # One thread per TCP connection: waiting here holds up only this one.
+                        if self._stopping.wait(delay):
+                            return
+                        with self._server_lock:
+                            self._released.setdefault(name, []).append(time.monotonic())
                     try:
                         conn.sendall(len(reply).to_bytes(2, "big") + reply)
                     except OSError:
@@ -177,39 +253,59 @@ class DnsServer(ZoneData):
 
     # -- DNS -----------------------------------------------------------------------------
 
-    def _reply(self, wire: bytes, transport: str) -> bytes | None:
-        """The bytes to send back for query `wire`, or None to stay silent. Never raises."""
+    def _reply(self, wire: bytes, transport: str) -> tuple[bytes | None, float, str]:
+        """What to send back for query `wire` (None: stay silent), how many seconds late, and
+        the queried name. Never raises."""
         try:
             return self._answer(wire, transport)
         except Exception:
             # A bug in here must not take the server down with it; show it and carry on.
             traceback.print_exc()
-            return None
+            return None, 0.0, ""
 
-    def _answer(self, wire: bytes, transport: str) -> bytes | None:
+    def _answer(self, wire: bytes, transport: str) -> tuple[bytes | None, float, str]:
         try:
             query = dns.message.from_wire(wire)
         except Exception:
             # Not a DNS message: FORMERR when there is an ID to echo, silence otherwise.
-            return wire[:2] + b"\x80\x01" + bytes(8) if len(wire) >= 2 else None
+            return (wire[:2] + b"\x80\x01" + bytes(8) if len(wire) >= 2 else None), 0.0, ""
         if query.flags & dns.flags.QR:
-            return None  # never answer an answer
+            return None, 0.0, ""  # never answer an answer
         response = dns.message.make_response(query)
         if query.opcode() != dns.opcode.QUERY:
             response.set_rcode(dns.rcode.NOTIMP)
-            return response.to_wire()
+            return response.to_wire(), 0.0, ""
         if len(query.question) != 1:
             response.set_rcode(dns.rcode.FORMERR)
-            return response.to_wire()
+            return response.to_wire(), 0.0, ""
         question = query.question[0]
+        name = name_key(question.name)
         self.note_query(question.name, dns.rdatatype.to_text(question.rdtype), transport)
+        server_fault = self._server_fault(question.name)
+        delay = 0.0
+        if server_fault is not None:
+            kind, late = server_fault
+            if kind == "stall" and late is None:
+                return None, 0.0, name
+            if kind == "stall" and late is not None:
+                delay = late
+            elif kind == "truncate" and transport == "udp":
+                # What a server sends for an answer too big for UDP (RFC 2181 9): the header
+                # and question with TC set, nothing else, so the client must ask over TCP.
+                response.flags |= dns.flags.TC | dns.flags.AA
+                return response.to_wire(), 0.0, name
+        return self._answer_zone(query, response, transport), delay, name
+
+    def _answer_zone(self, query: dns.message.Message, response: dns.message.Message,
+                     transport: str) -> bytes | None:
+        question = query.question[0]
         fault = self.fault_for(question.name)
         if fault == "timeout":
             return None
         if fault == "garbage":
             # Our ID and a response flag, so the client takes it for its answer, then nonsense
             # claiming 65535 questions: it cannot parse as DNS.
-            return wire[:2] + b"\x81\x80\xff\xff" + b"not a DNS message"
+            return query.id.to_bytes(2, "big") + b"\x81\x80\xff\xff" + b"not a DNS message"
         if fault == "servfail":
             response.set_rcode(dns.rcode.SERVFAIL)
         elif fault == "refused" or question.rdclass != dns.rdataclass.IN:
@@ -267,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         server.add_zone(text, _origin_from_file(path, text))
     for spec in args.fault:
         name, _, kind = spec.partition("=")
-        server.set_fault(name, kind)
+        kind, _, seconds = kind.partition(":")
+        server.set_fault(name, kind, delay=float(seconds) if seconds else None)
 
     stopping = threading.Event()
 

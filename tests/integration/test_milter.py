@@ -222,7 +222,7 @@ def test_bad_config_refuses_to_start(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "authmilter", "serve", "-c", str(cfg)], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 78
-    assert f"{cfg}: dns.port: must be between 1 and 65535" in r.stderr
+    assert f"{cfg}:3: dns.port: must be between 1 and 65535" in r.stderr
 
 
 def test_authserv_id_defaults_to_the_mta_j_macro(tmp_path: Path, own_dns: DnsServer) -> None:

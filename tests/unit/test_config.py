@@ -98,3 +98,47 @@ def test_policy_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     p.write_text("policy = [3]\n")
     with pytest.raises(ConfigError, match="policy: expected a file name"):
         load_config(p)
+
+
+# Found by tests/unit/test_properties_config.py: each loaded, and broke only later (a traceback at
+# start-up, or the fail-safe reply for every message).
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[dns]\nnameservers = [1]\n", "a.toml:2: dns.nameservers: 1 is not an IP address"),
+        ("[dns]\nnameservers = [true]\n", "a.toml:2: dns.nameservers: True is not an IP address"),
+        ('authserv_id = "mx.ex\u00e4mple"\n', "a.toml:1: authserv_id: must be a host name of printable"),
+        ('authserv_id = "mx\\u0001"\n', "a.toml:1: authserv_id: must be a host name of printable"),
+        ('socket = "inet:\u0661\u0662@127.0.0.1"\n', "a.toml:1: socket: bad port"),
+        ('[metrics]\nlisten = "127.0.0.1:\u0661\u0662"\n', "a.toml:2: metrics.listen: expected ADDRESS:PORT"),
+        ('policy = ["a\\u0000b"]\n', "a.toml:1: policy: 'a\\x00b': a file name cannot contain a NUL"),
+        ('signing = "s\\u0000.toml"\n', "a.toml:1: signing: a file name cannot contain a NUL"),
+        ('syslog_socket = "/dev/\\u0000log"\n', "a.toml:1: syslog_socket: a file name cannot contain"),
+        ('socket = "unix:/run/a\\u0000.sock"\n', "a.toml:1: socket: a socket path cannot contain a NUL"),
+        ('[spool]\ndirectory = "/tmp\\u0000"\n', "a.toml:2: spool.directory: a file name cannot contain"),
+    ],
+)
+def test_values_that_would_break_later_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert str(e.value).endswith(message) or message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('log_level = "info"\n\n[dns]\ntimeout = 1\nport = 0\n', "a.toml:5: dns.port:"),
+        ('[spf]\ncheck_helo = true\n[dkim]\nmax_signatures = 0\n', "a.toml:4: dkim.max_signatures:"),
+        ("dns = { port = 0 }\n", "a.toml:1: dns.port:"),
+        ('\n\nsokket = []\n', "a.toml:3: sokket: unknown key"),
+        ('"" = []\n', 'a.toml:1: "": unknown key'),
+        ('"a b" = 1\n', 'a.toml:1: "a b": unknown key'),
+        ("x = 1\n0=", "a.toml:2: Invalid value (at end of document)"),
+        ("[dns\n", "a.toml:1: "),
+        ("x = 'a\x0b\x0cb", "a.toml:1: Expected"),
+    ],
+)
+def test_every_error_names_its_line(tmp_path: Path, text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert where in str(e.value) and str(e.value).startswith(str(tmp_path / "a.toml") + ":"), str(e.value)

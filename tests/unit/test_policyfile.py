@@ -185,6 +185,15 @@ def test_toml_syntax_error_has_tomllib_line() -> None:
     assert found.startswith("p.toml:3: invalid TOML: ") and "(column 11)" in found
 
 
+@pytest.mark.parametrize(("text", "line"), [("x = 'a\x0b\x0c b", 1), ("[settings]\nmonitor = true\n0=", 3),
+                                           ("[settings]\nmonitor = '\n\n", 2)])
+def test_error_at_end_of_document_names_the_last_line(text: str, line: int) -> None:
+    # Found by tests/unit/test_properties_config.py: lines were counted with str.splitlines(),
+    # which also breaks at vertical tabs and form feeds, naming a line past the end of the file.
+    found = one(text)
+    assert found.startswith(f"p.toml:{line}: invalid TOML: "), found
+
+
 def test_duplicate_names_in_one_file_and_across_files(tmp_path: Path) -> None:
     assert one('[[rules]]\nname = "a"\nwhen = { spf = "fail" }\naction = "reject"\n\n'
                '[[rules]]\nname = "a"\nwhen = { spf = "softfail" }\naction = "accept"\n') == (
