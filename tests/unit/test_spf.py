@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import spf as pyspf
 
-from authmilter.core import spf as spf_module
+from authmilter.core.checks import spf as spf_module
+from authmilter.core.checks.spf import check_spf
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.core.model import SpfIdentity, SpfResults
-from authmilter.core.spf import check_spf, normalize_client_ip
+from authmilter.core.names import normalize_client_ip
 
 TEMP = "TEMPERROR"
 
