@@ -11,15 +11,15 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from authmilter.config import Config, ConfigError, default_authserv_id, load_config
+from authmilter.core.decision import EMPTY_POLICY, Policy, Stage
 from authmilter.core.evaluate import early_verdict, evaluate, evaluate_transaction
 from authmilter.core.model import SpfResults, Transaction, Verdict
-from authmilter.core.policy import EMPTY_POLICY, Policy, Stage
-from authmilter.core.signing import EMPTY_SIGNING, SigningConfig
+from authmilter.core.signing.dkim import EMPTY_SIGNING, SigningConfig
 from authmilter.dns import DnsCache, DnsResolver
-from authmilter.metrics import Metrics
-from authmilter.policyfile import PolicyError, load_policy
-from authmilter.signingfile import SigningError, load_signing
+from authmilter.files.config import Config, ConfigError, default_authserv_id, load_config
+from authmilter.files.policy import PolicyError, load_policy
+from authmilter.files.signing import SigningError, load_signing
+from authmilter.observe.metrics import Metrics
 
 log = logging.getLogger("authmilter")
 

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from authmilter.app import App, AppHolder, build_app
-from authmilter.config import ConfigError, load_config, parse_workers, worker_count, workers_problem
+from authmilter.core.decision import explain
 from authmilter.core.message import split_message
 from authmilter.core.model import Transaction
-from authmilter.core.policy import explain
-from authmilter.logsetup import setup_logging
-from authmilter.policyfile import PolicyError, lint
-from authmilter.report import verdict_to_dict
-from authmilter.signingfile import SigningError
+from authmilter.files.config import ConfigError, load_config, parse_workers, worker_count, workers_problem
+from authmilter.files.policy import PolicyError, lint
+from authmilter.files.signing import SigningError
+from authmilter.observe.logs import setup_logging
+from authmilter.observe.verdicts import verdict_to_dict
 
 log = logging.getLogger("authmilter")
 
@@ -53,11 +53,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
              len(app.policy.rules), workers, "" if workers == 1 else "s")
     # Imported here so that `check` and `policy lint` work where libmilter is not installed.
     if workers == 1:
-        from authmilter import milter
+        from authmilter.milter import adapter as milter
 
         rc = milter.run(AppHolder(app))
     else:
-        from authmilter import pool
+        from authmilter.milter import pool
 
         rc = pool.supervise(AppHolder(app), workers)
     log.info("stopped")
@@ -149,7 +149,7 @@ def cmd_policy_lint(args: argparse.Namespace) -> int:
 
 def cmd_genkey(args: argparse.Namespace) -> int:
     # Imported here, like the milter, so that the other commands do not pay for key tooling.
-    from authmilter.keys import KeyToolError, generate_key
+    from authmilter.files.keys import KeyToolError, generate_key
 
     if args.type == "ed25519" and args.bits is not None:
         print("authmilter: genkey: --bits applies to RSA keys only", file=sys.stderr)
@@ -169,8 +169,8 @@ def cmd_genkey(args: argparse.Namespace) -> int:
 
 def cmd_testkey(args: argparse.Namespace) -> int:
     from authmilter.dns import DnsResolver
-    from authmilter.keys import check_published
-    from authmilter.signingfile import SigningError, load_signing
+    from authmilter.files.keys import check_published
+    from authmilter.files.signing import SigningError, load_signing
 
     try:
         config = load_config(args.config)

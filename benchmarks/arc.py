@@ -5,7 +5,7 @@
 For 2 KB, 10 KB and 100 KB messages it prints the CPU time (time.process_time) per seal, i.e.
 per ARC set of AAR + AMS + AS (two private-key operations), of:
 
-  ours rsa        authmilter.core.arcseal.seal_message with an RSA-2048 key parsed once (OpenSSL)
+  ours rsa        authmilter.core.signing.arc.seal_message with an RSA-2048 key parsed once (OpenSSL)
   ours ed25519    the same with an Ed25519 key (see arcseal's docstring on who accepts those)
   dkimpy rsa      dkim.arc_sign(): parses the PEM on every call and signs RSA in pure Python
 
@@ -26,8 +26,8 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from authmilter.core.arcseal import ArcSealOutcome, seal_message
-from authmilter.core.signing import Ed25519Signer, RsaSigner, SigningKey
+from authmilter.core.signing.arc import ArcSealOutcome, seal_message
+from authmilter.core.signing.dkim import Ed25519Signer, RsaSigner, SigningKey
 from benchmarks.signing import cpu_per_call, message
 
 DOMAIN = "example.net"

@@ -58,10 +58,10 @@ from typing import Any
 
 import dkim
 
+from authmilter.core.decision import Policy
 from authmilter.core.evaluate import EvalSettings, evaluate
 from authmilter.core.model import Header, Transaction, Verdict
-from authmilter.core.policy import Policy
-from authmilter.policyfile import load_policy
+from authmilter.files.policy import load_policy
 from benchmarks.corpus import seeded_ed25519_key, seeded_rsa_key
 from tests import fuzzworld as world
 

@@ -5,9 +5,9 @@
 For 2 KB, 10 KB and 100 KB messages it prints the CPU time (time.process_time, so other load on
 the machine does not count) per message of:
 
-  sign rsa / ed25519 / both   authmilter.core.signing.sign_message with an RSA-2048 key, an
+  sign rsa / ed25519 / both   authmilter.core.signing.dkim.sign_message with an RSA-2048 key, an
                               Ed25519 key, and both at once (two signatures)
-  verify rsa / ed / both      authmilter.core.dkim.verify_dkim on the signed message, keys from
+  verify rsa / ed / both      authmilter.core.checks.dkim.verify_dkim on the signed message, keys from
                               an in-memory resolver (no network, no cache misses to wait for)
   dkimpy rsa / ed25519        dkim.sign(), which parses the PEM each time and signs RSA in pure
                               Python: what signing would cost without our OpenSSL adapter
@@ -28,11 +28,11 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from authmilter.core.dkim import verify_dkim
+from authmilter.core.checks.dkim import verify_dkim
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.core.message import split_message
 from authmilter.core.model import Transaction
-from authmilter.core.signing import (
+from authmilter.core.signing.dkim import (
     Ed25519Signer,
     RsaSigner,
     SignEntry,

@@ -37,12 +37,12 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authmilter.core.arcseal import seal_message
+from authmilter.core.checks.spf import RESULTS as SPF_RESULTS
 from authmilter.core.dnsapi import DnsAnswer, Resolver
 from authmilter.core.message import split_message
 from authmilter.core.model import Action, Header, Transaction, Verdict
-from authmilter.core.signing import RsaSigner, SigningKey
-from authmilter.core.spf import RESULTS as SPF_RESULTS
+from authmilter.core.signing.arc import seal_message
+from authmilter.core.signing.dkim import RsaSigner, SigningKey
 from tests.mailfactory import Key, make_message, sign
 from tests.zoneresolver import ZoneResolver, zone_text
 

@@ -53,7 +53,7 @@ from authmilter.core.model import (
     SpfIdentity,
     SpfResult,
 )
-from authmilter.core.spf import normalize_client_ip
+from authmilter.core.names import normalize_client_ip
 
 __all__ = ["HEADER_NAME", "build_authentication_results", "forged_headers"]
 

@@ -23,12 +23,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from authmilter.core.arc import verify_arc
-from authmilter.core.arcseal import seal_message
-from authmilter.core.author import normalize_domain, parse_author
 from authmilter.core.authresults import build_authentication_results, forged_headers
-from authmilter.core.dkim import parse_parts, verify_dkim
-from authmilter.core.dmarc import discover_policy, evaluate_dmarc
+from authmilter.core.checks.arc import verify_arc
+from authmilter.core.checks.author import parse_author
+from authmilter.core.checks.dkim import parse_parts, verify_dkim
+from authmilter.core.checks.dmarc import discover_policy, evaluate_dmarc
+from authmilter.core.checks.spf import check_spf
+from authmilter.core.decision import EMPTY_POLICY, Decision, Policy, Stage, decide, facts_for
+from authmilter.core.decision.replies import CATALOGUE
 from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import (
     Action,
@@ -37,20 +39,19 @@ from authmilter.core.model import (
     HeaderInsert,
     Reply,
     Results,
+    SigningOutcome,
     SpfResults,
     Transaction,
     Verdict,
 )
-from authmilter.core.policy import EMPTY_POLICY, Decision, Policy, Stage, decide, facts_for
-from authmilter.core.replies import CATALOGUE
-from authmilter.core.signing import (
+from authmilter.core.names import normalize_domain
+from authmilter.core.signing.arc import seal_message
+from authmilter.core.signing.dkim import (
     EMPTY_SIGNING,
     SigningConfig,
-    SigningOutcome,
     outbound_reason,
     sign_message,
 )
-from authmilter.core.spf import check_spf
 
 AUTH_RESULTS = "Authentication-Results"
 
@@ -119,7 +120,8 @@ def evaluate(
     """The end-of-message verdict. `spf` is the result already computed at an early stage, if any.
 
     Our own users' mail (`signing` says who that is) is signed; it is also verified only when the
-    signing settings ask for it.
+    signing settings ask for it. The steps: forged headers, signing, the checks, the decision and
+    its Authentication-Results, ARC sealing; each failure has its fail-safe answer.
     """
     try:
         deletes = forged_headers(tx.headers, authserv_id)
@@ -128,55 +130,79 @@ def evaluate(
         # one tempfails even where the operator chose to accept on errors.
         return Verdict(Action.TEMPFAIL, TEMPFAIL_REPLY, None, "", (), (), "forged-header scan failed",
                        (traceback.format_exc(),))
-    outbound = ""
-    signed: tuple[HeaderInsert, ...] = ()
-    outcome: SigningOutcome | None = None
+    now = time.time() if now is None else now
     try:
-        outbound = outbound_reason(tx, signing.settings) or ""
-        if outbound:
-            outcome = sign_message(tx, signing, now=time.time() if now is None else now)
-            refusal = _signing_refusal(outcome, signing, outbound)
-            if refusal is not None:
-                return refusal
-            signed = tuple(HeaderInsert(0, DKIM_SIGNATURE, v) for v in outcome.signatures)
-            if not signing.settings.verify_signed:
-                return Verdict(Action.ACCEPT, None, None, "", deletes, signed,
-                               f"outbound ({outbound}): {outcome.status}", outbound=outbound,
-                               signing=outcome)
+        outbound = _outbound(tx, signing, deletes, now)
     except Exception:
         return _fail_safe(settings, None, (), "signing failed", traceback.format_exc(), guard=(tx, dns))
+    if outbound.verdict is not None:
+        return outbound.verdict
     try:
-        spf = spf or _spf(tx, dns, settings)
-        parsed = parse_parts(tx.headers, tx.body)  # once, for DKIM and ARC both
-        dkim = verify_dkim(
-            parsed, dns,
-            max_signatures=settings.dkim_max_signatures, min_key_bits=settings.dkim_min_key_bits,
-        )
-        arc = verify_arc(parsed, dns)
-        author = parse_author(tx.headers)
-        dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
-        results = Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc)
+        results = run_checks(tx, dns, settings, spf=spf, sample=sample)
     except Exception:
         return _fail_safe(settings, None, deletes, "evaluation failed", traceback.format_exc(),
                           guard=(tx, dns))
     try:
-        decision = decide(policy, facts_for(tx, results, Stage.EOM, spf=spf))
-        override = decision.override if dmarc.result == "fail" else None
+        decision = decide(policy, facts_for(tx, results, Stage.EOM, spf=results.spf))
+        failed = results.dmarc is not None and results.dmarc.result == "fail"
         ar = build_authentication_results(authserv_id, results, client_ip=tx.client_ip,
-                                          dmarc_override=override)
+                                          dmarc_override=decision.override if failed else None)
     except Exception:
         return _fail_safe(settings, results, deletes, "policy decision failed", traceback.format_exc(),
                           guard=(tx, dns))
     verdict = _from_decision(decision, results, ar, deletes)
     if signing.arc_seal and verdict.action in (Action.ACCEPT, Action.QUARANTINE) and \
             signing.arc_recipient(tx.rcpts):
-        sealed_at = time.time() if now is None else now
-        verdict = _seal(verdict, tx.message_bytes(), signing, authserv_id, sealed_at)
-    if outbound:
+        verdict = _seal(verdict, tx.message_bytes(), signing, authserv_id, now)
+    if outbound.reason:
         # Signatures first, so the Authentication-Results inserted after them ends up on top.
-        verdict = replace(verdict, header_inserts=signed + verdict.header_inserts, outbound=outbound,
-                          signing=outcome)
+        verdict = replace(verdict, header_inserts=outbound.signed + verdict.header_inserts,
+                          outbound=outbound.reason, signing=outbound.outcome)
     return verdict
+
+
+def run_checks(
+    tx: Transaction,
+    dns: Resolver,
+    settings: EvalSettings,
+    *,
+    spf: SpfResults | None = None,
+    sample: Callable[[], float] = random.random,
+) -> Results:
+    """Every check of core.checks on one message, in the order their inputs need."""
+    spf = spf or _spf(tx, dns, settings)
+    parsed = parse_parts(tx.headers, tx.body)  # once, for DKIM and ARC both
+    dkim = verify_dkim(parsed, dns, max_signatures=settings.dkim_max_signatures,
+                       min_key_bits=settings.dkim_min_key_bits)
+    arc = verify_arc(parsed, dns)
+    author = parse_author(tx.headers)
+    dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
+    return Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc)
+
+
+@dataclass(frozen=True)
+class _Outbound:
+    reason: str = ""  # why this is our users' mail to sign; "" for everyone else's
+    outcome: SigningOutcome | None = None
+    signed: tuple[HeaderInsert, ...] = ()
+    verdict: Verdict | None = None  # the answer already, when there is nothing left to check
+
+
+def _outbound(tx: Transaction, signing: SigningConfig, deletes: tuple[HeaderDelete, ...],
+              now: float) -> _Outbound:
+    reason = outbound_reason(tx, signing.settings) or ""
+    if not reason:
+        return _Outbound()
+    outcome = sign_message(tx, signing, now=now)
+    refusal = _signing_refusal(outcome, signing, reason)
+    if refusal is not None:
+        return _Outbound(reason, outcome, verdict=refusal)
+    signed = tuple(HeaderInsert(0, DKIM_SIGNATURE, v) for v in outcome.signatures)
+    if signing.settings.verify_signed:
+        return _Outbound(reason, outcome, signed)
+    return _Outbound(reason, outcome, signed, Verdict(
+        Action.ACCEPT, None, None, "", deletes, signed, f"outbound ({reason}): {outcome.status}",
+        outbound=reason, signing=outcome))
 
 
 def _seal(verdict: Verdict, message: bytes, signing: SigningConfig, authserv_id: str, now: float) -> Verdict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from authmilter.core.dkim import verify_dkim
+from authmilter.core.checks.dkim import verify_dkim
 from tests.e2e import postfix
 from tests.e2e.conftest import AUTHSERV_ID, INTERNAL_IP, OUTSIDE_IP, RCPT, Rig, sender_example
 from tests.e2e.postfix import Delivered, Reply

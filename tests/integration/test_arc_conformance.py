@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
-from authmilter.core.arc import verify_arc
+from authmilter.core.checks.arc import verify_arc
 from authmilter.core.model import ArcResult
 from authmilter.dns import DnsResolver
 from tests.dnsserver import DnsServer

@@ -46,10 +46,10 @@ import yaml  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authmilter.core.arcseal import AAR, AMS, AS, ArcSealOutcome, _seal, seal_message
 from authmilter.core.message import split_message
 from authmilter.core.model import Header
-from authmilter.core.signing import RsaSigner, SigningKey
+from authmilter.core.signing.arc import AAR, AMS, AS, ArcSealOutcome, _seal, seal_message
+from authmilter.core.signing.dkim import RsaSigner, SigningKey
 
 SUITE_FILE = "arc-draft-sign-tests.yml"
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "arc"

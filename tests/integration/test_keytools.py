@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authmilter.core.signing import SigningKey
-from authmilter.keys import load_key
+from authmilter.core.signing.dkim import SigningKey
+from authmilter.files.keys import load_key
 from tests.dnsserver import DnsServer
 from tests.integration.zones import zone
 from tests.milterclient import ROOT

@@ -12,7 +12,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from authmilter.core.dkim import verify_dkim
+from authmilter.core.checks.dkim import verify_dkim
 from tests.dnsserver import DnsServer
 from tests.integration.zones import zone
 from tests.mailfactory import Key, ed25519_key, make_message, rsa_key, write_private_key

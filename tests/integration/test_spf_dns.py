@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from authmilter.core.spf import check_spf
+from authmilter.core.checks.spf import check_spf
 from authmilter.dns import DnsCache, DnsResolver
 from tests.dnsserver import DnsServer
 from tests.spfzones import LABELS_NAME, LOOP_ZONES, MACRO_MANIA_NAME, MACRO_ZONE

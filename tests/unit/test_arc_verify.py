@@ -1,4 +1,4 @@
-"""Tests for authmilter.core.arc.verify_arc (RFC 8617 section 5.2).
+"""Tests for authmilter.core.checks.arc.verify_arc (RFC 8617 section 5.2).
 
 Chains are sealed here with dkimpy's `dkim.arc_sign`, with keys generated once per module and
 served by an in-memory `ZoneResolver`. Sets that dkimpy's sealer will not write (an ARC-Seal with
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import parse_pem_private_key
 
-from authmilter.core.arc import MAX_INSTANCES, verify_arc
+from authmilter.core.checks.arc import MAX_INSTANCES, verify_arc
 from authmilter.core.dnsapi import DnsAnswer
 from authmilter.core.model import ArcHop
 from tests.zoneresolver import ZoneResolver, zone_text

@@ -1,4 +1,4 @@
-"""Tests for authmilter.core.arcseal: ARC sets that dkimpy's validator accepts, and the rules.
+"""Tests for authmilter.core.signing.arc: ARC sets that dkimpy's validator accepts, and the rules.
 
 Every chain we build is checked with dkimpy's own `dkim.ARC(...).verify`, public keys from an
 in-memory dict. dkimpy reports a chain whose newest seal says cv=fail as (None, ..., "reported
@@ -23,7 +23,9 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from authmilter.core.arcseal import (
+from authmilter.core.message import split_message
+from authmilter.core.model import Header
+from authmilter.core.signing.arc import (
     AAR,
     AMS,
     AS,
@@ -31,9 +33,7 @@ from authmilter.core.arcseal import (
     ArcSealOutcome,
     seal_message,
 )
-from authmilter.core.message import split_message
-from authmilter.core.model import Header
-from authmilter.core.signing import RsaSigner, SigningKey
+from authmilter.core.signing.dkim import RsaSigner, SigningKey
 from tests.unit.test_signing import ed_key, record, rsa_key, rsa_private
 
 NOW = float(int(time.time()))
@@ -390,7 +390,7 @@ def test_header_split_shortcut_agrees_with_split_message() -> None:
     # arcseal reads only the header section line by line; it must cut messages as split_message does.
     import random
 
-    from authmilter.core.arcseal import _split
+    from authmilter.core.signing.arc import _split
 
     rng = random.Random(8617)
     parts = [b"From: a\r\n", b"X: b\r\n", b" cont\r\n", b"\r\n", b"\n", b"body\r\n", b"not a field\r\n",

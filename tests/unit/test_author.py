@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from authmilter.core.author import normalize_domain, parse_author
+from authmilter.core.checks.author import parse_author
 from authmilter.core.model import AuthorResult, Header
+from authmilter.core.names import normalize_domain
 
 
 def author(*values: bytes, name: bytes = b"From") -> AuthorResult:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from authmilter.config import Config, ConfigError, load_config, validate_socket
 from authmilter.core.evaluate import EvalSettings
+from authmilter.files.config import Config, ConfigError, load_config, validate_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Tests for authmilter.core.dkim.verify_dkim.
+"""Tests for authmilter.core.checks.dkim.verify_dkim.
 
 Messages are signed here with dkimpy (`dkim.sign`, or `DKIM.gen_header` when a test needs tags that
 `dkim.sign` will not write, such as x= or an h= without From) using keys generated per test session.
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import parse_pem_private_key
 
-from authmilter.core.dkim import CLOCK_SKEW_SECONDS, parse_message, parse_parts, verify_dkim
+from authmilter.core.checks.dkim import CLOCK_SKEW_SECONDS, parse_message, parse_parts, verify_dkim
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.core.model import DkimResult, Header, Transaction
 

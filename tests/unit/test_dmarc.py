@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 
-from authmilter.core.dmarc import (
+from authmilter.core.checks.dmarc import (
     RecordError,
     discover_policy,
     evaluate_dmarc,

@@ -1,4 +1,4 @@
-"""Tests for authmilter.keys: key formats, sizes, permissions, genkey and the published-record check."""
+"""Tests for authmilter.files.keys: key formats, sizes, permissions, genkey and the published-record check."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
-from authmilter.core.signing import SigningKey
-from authmilter.keys import (
+from authmilter.core.signing.dkim import SigningKey
+from authmilter.files.keys import (
     KeyLoadProblem,
     KeyToolError,
     check_published,

@@ -13,8 +13,8 @@ import Milter
 import pytest
 
 from authmilter.app import AppHolder, build_app
-from authmilter.config import load_config
-from authmilter.milter import AuthMilter
+from authmilter.files.config import load_config
+from authmilter.milter.adapter import AuthMilter
 
 
 class FakeContext:

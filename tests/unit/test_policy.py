@@ -9,6 +9,16 @@ from types import MappingProxyType
 
 import pytest
 
+from authmilter.core.decision import (
+    EMPTY_POLICY,
+    Decision,
+    Facts,
+    Policy,
+    Stage,
+    decide,
+    explain,
+    facts_for,
+)
 from authmilter.core.model import (
     Action,
     AuthorResult,
@@ -20,17 +30,7 @@ from authmilter.core.model import (
     SpfResults,
     Transaction,
 )
-from authmilter.core.policy import (
-    EMPTY_POLICY,
-    Decision,
-    Facts,
-    Policy,
-    Stage,
-    decide,
-    explain,
-    facts_for,
-)
-from authmilter.policyfile import parse_policy
+from authmilter.files.policy import parse_policy
 
 # --- model objects ---------------------------------------------------------------------------------
 

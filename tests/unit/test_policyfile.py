@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from authmilter.core.decision import Stage
+from authmilter.core.decision.replies import CATALOGUE, validate_reply
 from authmilter.core.model import Action, Reply
-from authmilter.core.policy import Stage
-from authmilter.core.replies import CATALOGUE, validate_reply
-from authmilter.policyfile import PolicyError, Problem, lint, load_policy, parse_policy
+from authmilter.files.policy import PolicyError, Problem, lint, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "policies" / "default.toml"

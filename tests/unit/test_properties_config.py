@@ -18,12 +18,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authmilter.config import Config, ConfigError, load_config
 from authmilter.core.authresults import build_authentication_results
+from authmilter.core.decision import CONDITION_KEYS, Policy
 from authmilter.core.evaluate import EvalSettings, evaluate_transaction
 from authmilter.core.model import AuthorResult, Results
-from authmilter.core.policy import CONDITION_KEYS, Policy
-from authmilter.policyfile import PolicyError, parse_policy
+from authmilter.files.config import Config, ConfigError, load_config
+from authmilter.files.policy import PolicyError, parse_policy
 from tests import fuzzworld as world
 from tests.mailfactory import ed25519_key, rsa_key
 from tests.propertysupport import ROOT, budget

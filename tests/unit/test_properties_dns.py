@@ -12,12 +12,12 @@ import functools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authmilter.core.dmarc import RecordError, parse_record
+from authmilter.core.checks.dmarc import RecordError, parse_record
+from authmilter.core.checks.spf import RESULTS, check_spf
+from authmilter.core.decision import Policy
 from authmilter.core.evaluate import EvalSettings, evaluate
 from authmilter.core.model import Action, DmarcRecord, Verdict
-from authmilter.core.policy import Policy
-from authmilter.core.spf import RESULTS, check_spf
-from authmilter.policyfile import load_policy
+from authmilter.files.policy import load_policy
 from tests import fuzzworld as world
 from tests.mailfactory import ed25519_key, rsa_key
 from tests.propertysupport import ROOT, budget

@@ -19,10 +19,10 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from authmilter.core.decision import Policy
 from authmilter.core.evaluate import EvalSettings, evaluate
 from authmilter.core.model import Action, Header, Transaction, Verdict
-from authmilter.core.policy import Policy
-from authmilter.policyfile import load_policy
+from authmilter.files.policy import load_policy
 from benchmarks.fuzz import MUTATIONS, Mutator
 from tests import fuzzworld as world
 from tests.mailfactory import ed25519_key, make_message, rsa_key, sign

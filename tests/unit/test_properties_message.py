@@ -14,9 +14,10 @@ import warnings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authmilter.core.author import normalize_domain, parse_author
+from authmilter.core.checks.author import parse_author
 from authmilter.core.message import split_message
 from authmilter.core.model import Header
+from authmilter.core.names import normalize_domain
 from tests.propertysupport import atom, budget, charset, domain, dot_atom, fws
 
 # --- the splitter ------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authmilter.core.arc import verify_arc
-from authmilter.core.dkim import parse_message, verify_dkim
+from authmilter.core.checks.arc import verify_arc
+from authmilter.core.checks.dkim import parse_message, verify_dkim
 from authmilter.core.dnsapi import Resolver
 from tests import fuzzworld as world
 from tests.mailfactory import ed25519_key, rsa_key

@@ -1,4 +1,4 @@
-"""Tests for authmilter.core.signing: who is signed, with which keys, and that it verifies.
+"""Tests for authmilter.core.signing.dkim: who is signed, with which keys, and that it verifies.
 
 Signatures are checked twice: with dkimpy's own `dkim.verify` and with our `verify_dkim`, both
 reading the public keys from an in-memory zone.
@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from dkim.canonicalization import CanonicalizationPolicy
 
-import authmilter.core.signing as signing_module
-from authmilter.core.dkim import verify_dkim
+import authmilter.core.signing.dkim as signing_module
+from authmilter.core.checks.dkim import verify_dkim
+from authmilter.core.decision import make_condition
 from authmilter.core.message import split_message
 from authmilter.core.model import Header, Transaction
-from authmilter.core.policy import make_condition
-from authmilter.core.signing import (
+from authmilter.core.signing.dkim import (
     DEFAULT_HEADERS,
     DEFAULT_OVERSIGN,
     EMPTY_SIGNING,

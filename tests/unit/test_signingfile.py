@@ -1,4 +1,5 @@
-"""Tests for authmilter.signingfile: a valid file loads; every mistake is named as file:line: key: reason."""
+"""Tests for authmilter.files.signing: a valid file loads; every mistake is named as file:line: key:
+reason."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from authmilter.core.signing import DEFAULT_HEADERS, SignEntry, SigningSettings
-from authmilter.policyfile import Problem
-from authmilter.signingfile import SigningError, lint_signing, load_signing
+from authmilter.core.signing.dkim import DEFAULT_HEADERS, SignEntry, SigningSettings
+from authmilter.files.policy import Problem
+from authmilter.files.signing import SigningError, lint_signing, load_signing
 
 ROOT = Path(__file__).resolve().parents[2]
 

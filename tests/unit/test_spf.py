@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import spf as pyspf
 
-from authmilter.core import spf as spf_module
+from authmilter.core.checks import spf as spf_module
+from authmilter.core.checks.spf import check_spf
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
 from authmilter.core.model import SpfIdentity, SpfResults
-from authmilter.core.spf import check_spf, normalize_client_ip
+from authmilter.core.names import normalize_client_ip
 from tests.spfzones import LABELS_NAME, LOOP_ZONES, MACRO_MANIA_NAME, MACRO_ZONE
 from tests.zoneresolver import ZoneResolver
 
@@ -349,7 +350,9 @@ def test_macro_mania_in_domain() -> None:
     resolver = ZoneResolver([MACRO_ZONE])
     res = check_spf("192.0.2.1", "mail.macro.example", "test@e1a.macro.example", resolver)
     assert (res.effective.result, res.effective.reason) == (
-        "pass", "matched a:macro%%percent%_%_space%-url-space.macro.example")
+        "pass",
+        "matched a:macro%%percent%_%_space%-url-space.macro.example",
+    )
     assert resolver.query_count(MACRO_MANIA_NAME, "A") == 1
     other = check_spf("192.0.2.99", "mail.macro.example", "test@e1a.macro.example", resolver)
     assert other.effective.result == "fail"

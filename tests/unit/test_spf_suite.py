@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from authmilter.core.checks.spf import check_spf
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
-from authmilter.core.spf import check_spf
 from tests.zoneresolver import ZoneResolver, name_key, zone_text
 
 SUITE = Path(__file__).resolve().parent.parent / "data" / "spf" / "rfc7208-tests.yml"

@@ -16,7 +16,7 @@ import authmilter.core.evaluate as evaluate_module
 from authmilter.core.evaluate import EvalSettings, evaluate, evaluate_transaction
 from authmilter.core.message import split_message
 from authmilter.core.model import Action, HeaderDelete, Transaction, Verdict
-from authmilter.policyfile import load_policy
+from authmilter.files.policy import load_policy
 from tests.integration.zones import example_org, zone
 from tests.mailfactory import make_message, rsa_key, sign
 from tests.milterclient import ROOT

@@ -20,8 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from authmilter.core.model import Action, Reply
-from authmilter.core.policy import (
+from authmilter.core.decision import (
     CONDITION_KEYS,
     EARLY_ACTIONS,
     OVERRIDES,
@@ -36,7 +35,8 @@ from authmilter.core.policy import (
     rule_problems,
     unreachable,
 )
-from authmilter.core.replies import CATALOGUE, DEFAULT_REPLY, validate_reply
+from authmilter.core.decision.replies import CATALOGUE, DEFAULT_REPLY, validate_reply
+from authmilter.core.model import Action, Reply
 
 __all__ = ["PolicyError", "Problem", "lint", "load_policy", "parse_policy"]
 

@@ -45,8 +45,6 @@ Choices where RFC 7208 leaves room
 from __future__ import annotations
 
 import contextvars
-import functools
-import ipaddress
 import re
 from typing import Any
 
@@ -54,6 +52,7 @@ import spf
 
 from authmilter.core.dnsapi import DnsStatus, Resolver
 from authmilter.core.model import SpfIdentity, SpfResult, SpfResults
+from authmilter.core.names import normalize_client_ip
 
 __all__ = ["RESULTS", "check_spf", "normalize_client_ip"]
 
@@ -151,28 +150,6 @@ def _spf_domain(raw: str) -> str | None:
     if not all(_LABEL.match(label) for label in labels) or not _TOPLABEL.match(labels[-1]):
         return None
     return name.lower()
-
-
-@functools.lru_cache(maxsize=4096)  # several callers per message, few distinct clients
-def normalize_client_ip(client_ip: str) -> str | None:
-    """Normalized text of the client IP as SPF sees it, or None when it is not an address.
-
-    Accepts what MTAs pass: "IPv6:" tags, brackets, zone ids; IPv4-mapped IPv6 becomes IPv4.
-    """
-    text = client_ip.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    if text[:5].lower() == "ipv6:":  # Sendmail's {client_addr} / RFC 5321 address literal tag
-        text = text[5:]
-    text = text.split("%", 1)[0]  # a zone id means nothing to SPF
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        # RFC 7208 section 5: an IPv4-mapped client is an IPv4 client (ip4 and A apply).
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 def _strip_path(mail_from: str) -> str:

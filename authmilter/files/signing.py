@@ -24,9 +24,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from authmilter.core.author import normalize_domain
-from authmilter.core.policy import ConditionError, IPNetwork, make_condition
-from authmilter.core.signing import (
+from authmilter.core.decision import ConditionError, IPNetwork, make_condition
+from authmilter.core.names import normalize_domain
+from authmilter.core.signing.dkim import (
     BAD_AUTHOR_ACTIONS,
     KEY_ERROR_ACTIONS,
     SignEntry,
@@ -40,8 +40,8 @@ from authmilter.core.signing import (
     parse_pattern,
     pattern_covers,
 )
-from authmilter.keys import KeyLoadProblem, load_key, normalize_selector
-from authmilter.policyfile import _NAME, Problem, _key, _Locator, _type_name, _unknown
+from authmilter.files.keys import KeyLoadProblem, load_key, normalize_selector
+from authmilter.files.policy import _NAME, Problem, _key, _Locator, _type_name, _unknown
 
 __all__ = ["SigningError", "lint_signing", "load_signing", "parse_signing"]
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from authmilter.app import AppHolder
-from authmilter.milter import (
+from authmilter.milter.adapter import (
     KICK_SIGNAL,
     AuthMilter,
     LibmilterThread,
@@ -46,7 +46,7 @@ from authmilter.milter import (
     prepare,
     reload_app,
 )
-from authmilter.sdnotify import notify
+from authmilter.milter.sdnotify import notify
 
 log = logging.getLogger("authmilter.pool")
 

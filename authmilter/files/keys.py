@@ -1,7 +1,7 @@
 """DKIM private keys on disk: loading them for signing, generating new ones, checking their DNS.
 
 The I/O half of signing: files are opened and checked here, and the core gets parsed keys
-(`authmilter.core.signing.SigningKey`). Rules kept:
+(`authmilter.core.signing.dkim.SigningKey`). Rules kept:
 
 * Key material never appears in a message, a log line or an exception we raise: reasons are our
   own words, never the text of a parser's exception.
@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from authmilter.core.author import normalize_domain
 from authmilter.core.dnsapi import DnsStatus, Resolver
-from authmilter.core.signing import Ed25519Signer, RsaSigner, SigningKey
+from authmilter.core.names import normalize_domain
+from authmilter.core.signing.dkim import Ed25519Signer, RsaSigner, SigningKey
 
 __all__ = [
     "GENKEY_RSA_BITS",

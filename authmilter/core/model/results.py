@@ -1,70 +1,9 @@
-"""Values that flow through the core: the transaction in, results and the verdict out.
-
-All frozen: once a check has spoken, nothing downstream may quietly change what it said.
-"""
+"""What each check found: frozen values, one type per check."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from authmilter.core.policy import Decision
-    from authmilter.core.signing import SigningOutcome
-
-
-def field_key(name: bytes) -> bytes:
-    """The name a header field is known by: lower case, without white space before the colon.
-
-    RFC 5322 section 4.5 (obs-optional) lets white space stand between a field name and its colon,
-    and receivers must read `From :` as From. Every match on a field name goes through this, so
-    no check can see a field that another one misses; the name as received stays in `Header.name`
-    for canonicalization, which must hash the bytes that were signed. Any ASCII white space counts,
-    not only SP and HTAB: a lenient reader may take `From\x0b:` for From too, and it is what
-    relaxed canonicalization strips. (Postfix turns a bare CR into a space and makes a line with
-    other control characters the start of the body, so through it these never get here.)
-    """
-    return name.rstrip().lower()
-
-
-@dataclass(frozen=True)
-class Header:
-    """One header field exactly as received.
-
-    `name` is every byte before the colon (white space before it included); `value` is every byte
-    after the colon, leading white space included, with folding line breaks as CRLF. 8-bit bytes
-    are kept: relaxed and simple canonicalization must see what was signed.
-    """
-
-    name: bytes
-    value: bytes
-
-    @property
-    def key(self) -> bytes:
-        return field_key(self.name)
-
-    def raw(self) -> bytes:
-        return self.name + b":" + self.value + b"\r\n"
-
-
-@dataclass(frozen=True)
-class Transaction:
-    client_ip: str | None
-    helo: str
-    mail_from: str  # "" is the null sender <>
-    rcpts: tuple[str, ...] = ()
-    headers: tuple[Header, ...] = ()
-    body: bytes = b""
-    client_host: str | None = None
-    queue_id: str = ""
-    macros: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    def message_bytes(self) -> bytes:
-        """The message as DKIM sees it: header fields, an empty line, the body."""
-        return b"".join(h.raw() for h in self.headers) + b"\r\n" + self.body
+from dataclasses import dataclass
 
 
 class SpfIdentity(enum.Enum):
@@ -160,34 +99,6 @@ class DmarcResult:
     reason: str = ""
 
 
-class Action(enum.Enum):
-    ACCEPT = "accept"
-    REJECT = "reject"
-    TEMPFAIL = "tempfail"
-    QUARANTINE = "quarantine"
-    DISCARD = "discard"
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: str  # "550"
-    status: str  # "5.7.1"
-    text: str
-
-
-@dataclass(frozen=True)
-class HeaderInsert:
-    index: int  # 0 is the top
-    name: str
-    value: str
-
-
-@dataclass(frozen=True)
-class HeaderDelete:
-    name: str
-    occurrence: int  # 1-based among fields of this name, as smfi_chgheader counts
-
-
 @dataclass(frozen=True)
 class ArcHop:
     """One ARC Set (RFC 8617 section 4.2) as its sealer described it.
@@ -229,22 +140,3 @@ class Results:
     author: AuthorResult
     dmarc: DmarcResult | None
     arc: ArcResult | None = None  # None when ARC was not evaluated
-
-
-@dataclass(frozen=True)
-class Verdict:
-    action: Action
-    reply: Reply | None
-    results: Results | None
-    authentication_results: str  # the header value we add ("" when none is added)
-    header_deletes: tuple[HeaderDelete, ...] = ()
-    header_inserts: tuple[HeaderInsert, ...] = ()
-    reason: str = ""
-    errors: tuple[str, ...] = ()
-    stage: str = "eom"  # where it was decided: "mail", "rcpt" or "eom"
-    decision: Decision | None = None  # the policy's decision, with its trace; None on fail-safe
-    quarantine_hold: bool = False  # QUARANTINE by the milter quarantine action (else by a header)
-    rejected_rcpts: tuple[tuple[str, Reply], ...] = ()  # recipients refused at RCPT
-    outbound: str = ""  # why this is our users' mail to sign ("authenticated", ...); "" inbound
-    signing: SigningOutcome | None = None
-    arc_seal: str = ""  # what ARC sealing did ("sealed i=2 cv=pass", "skipped: ..."); "" not asked

@@ -18,16 +18,15 @@ import base64
 import binascii
 import codecs
 import contextlib
-import encodings.idna
-import functools
 import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from authmilter.core.model import AuthorResult, Header
+from authmilter.core.names import normalize_domain
 
-__all__ = ["normalize_domain", "parse_author"]
+__all__ = ["parse_author"]
 
 
 class _Malformed(Exception):
@@ -49,13 +48,6 @@ _NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "puny
 # or a decode-before-parse client would pick that one up instead of the real address.
 _BRACKETED_ADDRESS = re.compile(r"<[^<>]*@[^<>]*>")
 
-# Full stops that IDNA treats as label separators (RFC 3490 section 3.1). Mapping them keeps
-# "bank\uff0ecom" from being read as one unrelated label while a reader sees "bank.com".
-_IDEOGRAPHIC_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
-# Characters IDNA2003 (all the standard library offers) and IDNA2008 map differently; a domain
-# containing one would be looked up under a different name than the one its owner registered.
-_IDNA_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
-_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 @dataclass(frozen=True)
@@ -97,56 +89,6 @@ def parse_author(headers: Sequence[Header]) -> AuthorResult:
     except ValueError as exc:
         return AuthorResult(domain=None, addresses=addresses, error=f"invalid From domain: {exc}")
     return AuthorResult(domain=domain, addresses=(f"{mailboxes[0].local}@{domain}",))
-
-
-# Cached: the same few domains come back in every message (From, d=, MAIL FROM, policy rules).
-@functools.lru_cache(maxsize=4096)
-def normalize_domain(name: str) -> str:
-    """Lower-case A-label form of a domain name; ValueError when it is not a usable host name.
-
-    U-labels become A-labels (RFC 9989 section 5.3.1 via RFC 5890); one trailing dot is dropped.
-    Labels must be LDH after conversion: atext allows "bank.com!x" in a dot-atom, but no DNS name
-    a reader could recognise looks like that.
-    """
-    name = name.translate(_IDEOGRAPHIC_DOTS)
-    if name.endswith("."):
-        name = name[:-1]
-    if not name:
-        raise ValueError("empty domain")
-    labels: list[str] = []
-    for label in name.split("."):
-        if not label:
-            raise ValueError(f"empty label in {name!r}")
-        if label.isascii():
-            ascii_label = label.lower()
-        else:
-            if any(ch in _IDNA_DEVIATIONS for ch in label):
-                raise ValueError(f"label {label!r} has a character IDNA2003 and IDNA2008 disagree on")
-            try:
-                ascii_label = encodings.idna.ToASCII(label).decode("ascii").lower()
-            except UnicodeError as exc:
-                raise ValueError(f"label {label!r} is not a valid IDN: {exc}") from None
-        if not _LDH_LABEL.match(ascii_label):
-            raise ValueError(f"label {ascii_label!r} is not a host name label")
-        if ascii_label.startswith("xn--"):
-            _check_a_label(ascii_label)
-        labels.append(ascii_label)
-    result = ".".join(labels)
-    if len(result) > 253:
-        raise ValueError("domain longer than 253 characters")
-    return result
-
-
-def _check_a_label(label: str) -> None:
-    # A malformed "xn--" label would otherwise be looked up as-is while a client shows garbage or
-    # its own decoding; insist it round-trips.
-    try:
-        unicode_label = label[4:].encode("ascii").decode("punycode")
-        round_trip = encodings.idna.ToASCII(unicode_label).decode("ascii").lower()
-    except UnicodeError:
-        raise ValueError(f"label {label!r} is not a valid A-label") from None
-    if round_trip != label:
-        raise ValueError(f"label {label!r} is not a valid A-label")
 
 
 def _parse_value(raw: bytes) -> list[_Mailbox]:

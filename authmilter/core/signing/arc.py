@@ -22,7 +22,7 @@ Rules kept here (the caller validates the incoming chain and says what it found 
    "none" on a message that carries sets is sealed fail (we were not told it validated); "pass"
    or "fail" on a message without sets is an error in the caller, reported rather than guessed.
 
-As in `authmilter.core.signing`, dkimpy canonicalizes, selects, hashes and folds (`gen_header`)
+As in `authmilter.core.signing.dkim`, dkimpy canonicalizes, selects, hashes and folds (`gen_header`)
 and our key adapters sign: RSA through the OpenSSL dispatcher that signing installs, Ed25519
 through `Ed25519Signer`, on keys parsed once at load. dkimpy's `ARC.sign` is not used: it parses
 the PEM and signs RSA in pure Python on every call, and takes the AAR from the message's own
@@ -53,10 +53,10 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from authmilter.core.dkim import _NULL_LOGGER
+from authmilter.core.checks.dkim import _NULL_LOGGER
 from authmilter.core.message import split_message
 from authmilter.core.model import Header, field_key
-from authmilter.core.signing import (
+from authmilter.core.signing.dkim import (
     _B_PLACEHOLDER,
     _H_SEPARATOR,
     ALGORITHMS,

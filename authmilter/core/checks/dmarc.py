@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from authmilter.core.author import normalize_domain
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus, Resolver
 from authmilter.core.model import AuthorResult, DkimResult, DmarcRecord, DmarcResult, SpfIdentity, SpfResults
+from authmilter.core.names import normalize_domain
 
 __all__ = [
     "MAX_WALK_QUERIES",

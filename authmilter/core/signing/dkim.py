@@ -17,7 +17,7 @@ x=, so we build the tag list ourselves and call `DKIM.gen_header` with a key ada
   original for anything else, so dkimpy's own signing and
   verifying (and any other user of the module) behave exactly as before.
 
-Nothing here does I/O: `authmilter.keys` reads key files and hands over parsed keys.
+Nothing here does I/O: `authmilter.files.keys` reads key files and hands over parsed keys.
 No function here puts key material into a reason, a repr or an exception message.
 """
 
@@ -42,10 +42,11 @@ from dkim.canonicalization import (
 )
 
 from authmilter.core import dkimpy_fast  # noqa: F401 - the relaxed-body fast path, for signing too
-from authmilter.core.author import normalize_domain, parse_author
-from authmilter.core.dkim import _NULL_LOGGER
-from authmilter.core.model import Header, Transaction
-from authmilter.core.policy import Condition, IPNetwork, Stage, facts_for
+from authmilter.core.checks.author import parse_author
+from authmilter.core.checks.dkim import _NULL_LOGGER
+from authmilter.core.decision import Condition, IPNetwork, Stage, facts_for
+from authmilter.core.model import Header, SigningOutcome, Transaction
+from authmilter.core.names import normalize_domain
 
 __all__ = [
     "ALGORITHMS",
@@ -272,21 +273,6 @@ class SigningConfig:
 EMPTY_SIGNING = SigningConfig(settings=SigningSettings(authenticated=False))
 
 
-@dataclass(frozen=True)
-class SigningOutcome:
-    """What signing did. `signatures` are DKIM-Signature values: folded with CRLF + white space,
-    without the field name and the space after the colon, in the order of the entry's keys.
-
-    status: signed | no-entry (no table entry matches: sent unsigned, not an error) |
-            key-unavailable | bad-author | error
-    """
-
-    status: str
-    signatures: tuple[str, ...] = ()
-    keys: tuple[str, ...] = ()  # key names used (signed), or the one that was missing
-    reason: str = ""  # one line for the log; never key material
-    domain: str = ""  # the domain the table was matched on (author, or envelope sender)
-    entry: str = ""  # "file:line" of the matching entry
 
 
 # --- values the signing file is made of ----------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from authmilter.core.evaluate import EvalSettings
-from authmilter.policyfile import _Locator
+from authmilter.files.policy import _Locator
 
 
 class ConfigError(Exception):

@@ -33,13 +33,13 @@ import Milter
 import milter
 
 from authmilter.app import App, AppHolder
+from authmilter.core.decision import Stage
 from authmilter.core.evaluate import TEMPFAIL_REPLY
 from authmilter.core.model import Action, Header, SpfResults, Transaction, Verdict
-from authmilter.core.policy import Stage
-from authmilter.logsetup import setup_logging
-from authmilter.metrics import serve_metrics
-from authmilter.report import log_fields
-from authmilter.sdnotify import notify
+from authmilter.milter.sdnotify import notify
+from authmilter.observe.logs import setup_logging
+from authmilter.observe.metrics import serve_metrics
+from authmilter.observe.verdicts import log_fields
 
 log = logging.getLogger("authmilter.milter")
 

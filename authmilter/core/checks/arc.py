@@ -41,13 +41,13 @@ of each AMS is checked here against a canonical body computed once per canonical
 long chain does not canonicalize a large body 50 times.
 
 DNS: key records come through our `Resolver`, as for DKIM (the lookup and key-record checks are
-`authmilter.core.dkim`'s). A key lookup that fails temporarily makes that signature fail: RFC 8617
+`authmilter.core.checks.dkim`'s). A key lookup that fails temporarily makes that signature fail: RFC 8617
 section 5.2.1 ("All Failures Are Permanent ... including DNS failures") and the result registry
 (section 10.1: arc = none / pass / fail) leave no other outcome; the reason says "temporary" so
 logs and policy can tell it from a forgery.
 
 Robustness: header fields over 16 KB, folded whitespace-only lines and over-long b= are refused
-before dkimpy sees them (see authmilter.core.dkim for why); ARC-Authentication-Results payloads
+before dkimpy sees them (see authmilter.core.checks.dkim for why); ARC-Authentication-Results payloads
 are parsed with authres only to describe the hops (their first 4 KB), and a garbage AAR just
 yields an empty list.
 `verify_arc` never raises.
@@ -68,7 +68,7 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import DuplicateTag, InvalidTagValueList, parse_tag_value
 
-from authmilter.core.dkim import (
+from authmilter.core.checks.dkim import (
     _BLANK_LINE,
     _FWS,
     _H_SPLIT,
