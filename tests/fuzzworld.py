@@ -310,11 +310,16 @@ def signed_by_victim(message: bytes, keys: WorldKeys, *, max_signatures: int = 1
 
     verifier = dkim.DKIM(minkey=1024)
     verifier.headers, verifier.body = _lenient_parts(message)
-    count = sum(1 for name, _ in verifier.headers if name.strip().lower() == b"dkim-signature")
-    for idx in range(min(count, max_signatures)):
+    # dkimpy's verify(idx) finds signatures by exact name; `DKIM-Signature :` is one too (RFC 5322
+    # obs-fields), so the fields are picked here and handed to its public verify_sig.
+    signatures = [f for f in verifier.headers if f[0].rstrip().lower() == b"dkim-signature"]
+    for field in signatures[:max_signatures]:
         try:
-            if verifier.verify(idx=idx, dnsfunc=dnsfunc) and is_victim(
-                verifier.domain.decode("ascii", "replace")
+            sig = dkim.parse_tag_value(field[1])
+            dkim.validate_signature_fields(sig)
+            include = [x.lower() for x in re.split(rb"\s*:\s*", sig[b"h"])]
+            if verifier.verify_sig(sig, include, field, dnsfunc) and is_victim(
+                sig[b"d"].decode("ascii", "replace")
             ):
                 return True
         except Exception:

@@ -41,6 +41,11 @@ CASES = [
     ("two-addresses", message(b"From: a@evil.example, ceo@example.org"), "reject", "bad-from"),
     # The MTA hands milters (and Postfix delivers) the value up to the NUL: no one sees the victim.
     ("nul-in-from", message(b"From: eve@evil.example\x00, ceo@example.org"), "accept", None),
+    # A bare CR (Sendmail passes it; a client may break the line there) hides a second From.
+    ("bare-cr-hides-from", message(b"From: a@evil.example", b"Subject: hi\rFrom: ceo@example.org"),
+     "reject", "bad-from"),
+    ("bare-lf-hides-from", message(b"From: a@evil.example", b"Subject: hi\nFrom: ceo@example.org"),
+     "reject", "bad-from"),
     ("forged-results-obs", message(b"Authentication-Results : mx.test.example; dmarc=pass",
                                    b"From: ceo@example.org"), "reject", "dmarc-reject"),
 ]

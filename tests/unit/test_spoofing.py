@@ -15,7 +15,7 @@ import pytest
 import authmilter.core.evaluate as evaluate_module
 from authmilter.core.evaluate import EvalSettings, evaluate, evaluate_transaction
 from authmilter.core.message import split_message
-from authmilter.core.model import Action, HeaderDelete, Transaction, Verdict
+from authmilter.core.model import Action, Header, HeaderDelete, Transaction, Verdict
 from authmilter.files.policy import load_policy
 from tests.integration.zones import example_org, zone
 from tests.mailfactory import make_message, rsa_key, sign
@@ -208,6 +208,33 @@ def test_cve_2019_16378_multiple_from(froms: tuple[bytes, ...]) -> None:
     # OpenDMARC evaluated only one of several From fields or addresses: the other was the spoof.
     v = run(message(*froms))
     assert rejected(v) and v.decision is not None and v.decision.rule == "bad-from"
+
+
+@pytest.mark.parametrize("hidden", [
+    b" invoice\rFrom: The CEO <ceo@example.org>",
+    b" invoice\nFrom : ceo@example.org",
+    b" invoice\r\nfrom:ceo@example.org",
+])
+def test_a_from_hidden_behind_a_bare_line_break_is_a_second_from(hidden: bytes) -> None:
+    # Found by benchmarks/fuzz.py: an MTA that hands over a value with a bare CR or LF (Sendmail
+    # keeps them; Postfix makes a bare CR a space) delivers a From line a client may show.
+    headers = [Header(b"From", b" eve@evil.example"), Header(b"Subject", hidden),
+               Header(b"Date", b" Fri, 27 Nov 2026 12:00:00 +0000")]
+    tx = Transaction(client_ip=ATTACKER_IP, helo="mail.evil.example", mail_from="eve@evil.example",
+                     rcpts=("bob@example.com",), headers=headers, body=b"pay now\r\n")
+    v = evaluate_transaction(tx, resolver(), EvalSettings(), AUTHSERV, DEFAULT_POLICY)
+    assert rejected(v) and v.decision is not None and v.decision.rule == "bad-from"
+
+
+def test_folding_before_from_text_is_no_hidden_from() -> None:
+    headers = [Header(b"From", b" eve@evil.example"),
+               Header(b"Subject", b" re:\r\n From: ceo@example.org"),
+               Header(b"Date", b" Fri, 27 Nov 2026 12:00:00 +0000")]
+    tx = Transaction(client_ip=ATTACKER_IP, helo="mail.evil.example", mail_from="eve@evil.example",
+                     rcpts=("bob@example.com",), headers=headers, body=b"hi\r\n")
+    v = evaluate_transaction(tx, resolver(), EvalSettings(), AUTHSERV, DEFAULT_POLICY)
+    assert v.results is not None and v.results.author is not None
+    assert v.results.author.domain == "evil.example"
 
 
 def test_cve_2019_20790_helo_spf_is_not_the_dmarc_identity() -> None:

@@ -47,6 +47,10 @@ _NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "puny
 # An address in angle brackets inside text a reader sees (display name, comment). A naive parser
 # or a decode-before-parse client would pick that one up instead of the real address.
 _BRACKETED_ADDRESS = re.compile(r"<[^<>]*@[^<>]*>")
+# A line break that is no folding, then a From field: an MTA that passes a bare CR or LF inside a
+# value (Postfix turns a bare CR into a space, Sendmail keeps it) delivers a second From line that
+# a client splitting at CR or LF shows.
+_HIDDEN_FROM = re.compile(rb"(?:\r\n|\r|\n)(?=[^ \t])from[\t-\r ]*:", re.IGNORECASE)
 
 
 
@@ -66,6 +70,7 @@ class _Mailbox:
 def parse_author(headers: Sequence[Header]) -> AuthorResult:
     """Find the single author domain in the message's From field, or say precisely why not."""
     froms = [h for h in headers if h.key == b"from"]
+    froms += [h for h in headers if h.key != b"from" and _HIDDEN_FROM.search(h.value)]
     if not froms:
         return AuthorResult(domain=None, error="no From header field")
     if len(froms) > 1:
