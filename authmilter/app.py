@@ -12,8 +12,8 @@ import threading
 from dataclasses import dataclass
 
 from authmilter.core.decision import EMPTY_POLICY, Policy, Stage
-from authmilter.core.evaluate import early_verdict, evaluate, evaluate_transaction
-from authmilter.core.model import SpfResults, Transaction, Verdict
+from authmilter.core.evaluate import NOTHING_KNOWN, early_verdict, evaluate, evaluate_transaction
+from authmilter.core.model import EarlyResults, Transaction, Verdict
 from authmilter.core.signing.dkim import EMPTY_SIGNING, SigningConfig
 from authmilter.dns import DnsCache, DnsResolver
 from authmilter.files.config import Config, ConfigError, default_authserv_id, load_config
@@ -37,14 +37,15 @@ class App:
         return self.config.authserv_id or default_authserv_id(mta_j)
 
     def early(self, tx: Transaction, stage: Stage, *, rcpt: str | None = None,
-              spf: SpfResults | None = None) -> tuple[Verdict | None, SpfResults | None]:
+              known: EarlyResults = NOTHING_KNOWN,
+              mta_j: str | None = None) -> tuple[Verdict | None, EarlyResults]:
         return early_verdict(tx, self.resolver, self.config.evaluation, self.policy, stage,
-                             rcpt=rcpt, spf=spf)
+                             rcpt=rcpt, known=known, authserv_id=self.authserv_id(mta_j))
 
     def evaluate(self, tx: Transaction, mta_j: str | None = None,
-                 spf: SpfResults | None = None) -> Verdict:
+                 known: EarlyResults = NOTHING_KNOWN) -> Verdict:
         return evaluate(tx, self.resolver, self.config.evaluation, self.authserv_id(mta_j),
-                        self.policy, spf=spf, signing=self.signing)
+                        self.policy, known=known, signing=self.signing)
 
     def evaluate_transaction(self, tx: Transaction) -> Verdict:
         return evaluate_transaction(tx, self.resolver, self.config.evaluation, self.authserv_id(),

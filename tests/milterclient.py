@@ -87,10 +87,11 @@ class MtaSession:
         self.conn = MilterConnection(self.sock)
         self.actions, self.protocol = self.conn.optneg_mta(
             actions=C.SMFI_V6_ACTS, protocol=OFFERED_PROTOCOL)
+        # Connect-stage macros, as Postfix's milter_connect_macros sends them ({daemon_addr} too,
+        # when a test gives one).
         self.macros = {"j": "mx.test.example", "{daemon_name}": "smtpd"}
         self.macros.update(macros or {})
-        self.conn.send_macro(C.SMFIC_CONNECT, **{"j": self.macros["j"],
-                                                 "{daemon_name}": self.macros["{daemon_name}"]})
+        self.conn.send_macro(C.SMFIC_CONNECT, **self.macros)
         fam = "6" if ":" in client_ip else "4"
         r = self.conn.send_ar(C.SMFIC_CONNECT, hostname=client_host, family=fam, port=25,
                               address=client_ip)

@@ -49,6 +49,7 @@ from authmilter.core.model import (
     DmarcResult,
     Header,
     HeaderDelete,
+    IprevResult,
     Results,
     SpfIdentity,
     SpfResult,
@@ -197,6 +198,23 @@ def _spf_clause(spf: SpfResult, client_ip: str | None) -> authres.core.Authentic
     return _finish(clause, spf.reason)
 
 
+def _iprev_clause(iprev: IprevResult) -> authres.core.AuthenticationResult | None:
+    """`iprev=RESULT policy.iprev=IP (HOST)`: RFC 8601 section 2.7.3 reports the client address
+    under ptype "policy"; the name it confirmed rides along as the property's comment, as authres
+    and other verifiers write it. Only a confirmed name is shown: an unconfirmed PTR name is
+    whatever the owner of the address block chose to publish."""
+    ip = _structured(iprev.ip)
+    if iprev.result == "none" or ip is None:
+        return None  # nothing was checked, and "none" is not an iprev result RFC 8601 registers
+    prop = _prop("policy", "iprev", ip)
+    if prop is not None and iprev.result == "pass":
+        host = _ascii_domain(iprev.host)
+        prop.comment = _comment(host) if host else None
+    clause = authres.core.IPRevAuthenticationResult(result=_result_word(iprev.result),
+                                                    properties=_props(prop))
+    return _finish(clause, iprev.reason if iprev.result != "pass" else "")
+
+
 def _dkim_clause(sig: DkimResult) -> authres.core.AuthenticationResult:
     comment = f"{sig.key_bits}-bit key" if sig.key_bits else None
     properties = _props(
@@ -300,13 +318,18 @@ def build_authentication_results(
 ) -> str:
     """The Authentication-Results value (without the field name) for `results`.
 
-    One clause per result: the effective SPF identity, every DKIM signature (or `dkim=none`),
-    ARC (RFC 8617 section 10.2, with header.oldest-pass and smtp.remote-ip), DMARC; a part whose
-    result is None is omitted. Clauses are separated by ";" + `linesep` +
-    TAB. Raises ValueError only for an unusable `authserv_id` (a configuration error).
+    One clause per result: iprev (when there was a client address to check), the effective SPF
+    identity, every DKIM signature (or `dkim=none`), ARC (RFC 8617 section 10.2, with
+    header.oldest-pass and smtp.remote-ip), DMARC; a part whose result is None is omitted.
+    Clauses are separated by ";" + `linesep` + TAB. Raises ValueError only for an unusable
+    `authserv_id` (a configuration error).
     """
     head = _render_authserv_id(authserv_id)
     clauses: list[authres.core.BaseAuthenticationResult] = []
+    # The connection's result first: it was known first, and it does not depend on the message.
+    iprev = _iprev_clause(results.iprev) if results.iprev is not None else None
+    if iprev is not None:
+        clauses.append(iprev)
     if results.spf is not None:
         clauses.append(_spf_clause(results.spf.effective, client_ip))
     if results.dkim:

@@ -3,8 +3,10 @@
 The milter, `authmilter check` and the tests all call these functions, so what an operator sees on
 the command line is what the milter did. Rules kept here:
 
-1. Checks report, the policy decides. `evaluate` runs SPF, DKIM and DMARC, then asks
-   `policy.decide` what to do with the facts, then builds the Authentication-Results header.
+1. Checks report, the policy decides. `evaluate` runs the checks (iprev and HELO of the
+   connection, SPF, DKIM, ARC, DMARC), then asks `policy.decide` what to do with the facts, then
+   builds the Authentication-Results header. What an early stage already worked out comes back in
+   an `EarlyResults` and is not asked for again.
 2. Early stages only ever refuse. At MAIL FROM and RCPT TO a rule may reject or tempfail; nothing
    is accepted early, because an accepted message must still get its Authentication-Results.
 3. Any exception inside a check or the decision becomes the configured fail-safe verdict: a bug
@@ -28,6 +30,8 @@ from authmilter.core.checks.arc import verify_arc
 from authmilter.core.checks.author import parse_author
 from authmilter.core.checks.dkim import parse_parts, verify_dkim
 from authmilter.core.checks.dmarc import discover_policy, evaluate_dmarc
+from authmilter.core.checks.helo import check_helo
+from authmilter.core.checks.iprev import check_iprev
 from authmilter.core.checks.spf import check_spf
 from authmilter.core.decision import EMPTY_POLICY, Decision, Policy, Stage, decide, facts_for
 from authmilter.core.decision.replies import CATALOGUE
@@ -35,8 +39,11 @@ from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import (
     Action,
     AuthorResult,
+    EarlyResults,
     HeaderDelete,
     HeaderInsert,
+    HeloResult,
+    IprevResult,
     Reply,
     Results,
     SigningOutcome,
@@ -71,9 +78,28 @@ class EvalSettings:
     fail_safe: str = "tempfail"  # "tempfail" | "accept": what evaluation errors do to mail
 
 
+NOTHING_KNOWN = EarlyResults()
+
+
 def _spf(tx: Transaction, dns: Resolver, settings: EvalSettings) -> SpfResults:
     return check_spf(tx.client_ip, tx.helo, tx.mail_from, dns,
                      check_helo=settings.spf_check_helo, timeout=settings.spf_timeout)
+
+
+def _iprev(tx: Transaction, dns: Resolver) -> IprevResult:
+    return check_iprev(tx.client_ip, dns, clock=time.monotonic)
+
+
+def _helo(tx: Transaction, authserv_id: str) -> HeloResult:
+    # Who we are, as far as the MTA tells us: its $j and the address the client connected to.
+    names = (authserv_id, _macro(tx, "j"))
+    addresses = (_macro(tx, "daemon_addr"), _macro(tx, "if_addr"))
+    return check_helo(tx.helo, tx.client_ip, our_names=names, our_addresses=addresses)
+
+
+def _macro(tx: Transaction, name: str) -> str:
+    # libmilter names long macros in braces; accept the bare name too.
+    return tx.macros.get("{" + name + "}", tx.macros.get(name, "")) or ""
 
 
 def early_verdict(
@@ -84,25 +110,36 @@ def early_verdict(
     stage: Stage,
     *,
     rcpt: str | None = None,
-    spf: SpfResults | None = None,
-) -> tuple[Verdict | None, SpfResults | None]:
-    """A refusal at MAIL FROM or RCPT TO, or None to go on; and the SPF result, to reuse at eom."""
+    known: EarlyResults = NOTHING_KNOWN,
+    authserv_id: str = "",
+) -> tuple[Verdict | None, EarlyResults]:
+    """A refusal at MAIL FROM or RCPT TO, or None to go on; and what is known now, to hand back.
+
+    SPF and iprev are worked out only when a rule that may act this early needs them; the HELO
+    facts cost nothing and are worked out whenever a rule may act.
+    """
     if policy.earliest_stage > stage:
-        return None, spf
+        return None, known
     try:
-        if spf is None and policy.needs_early_spf:
-            spf = _spf(tx, dns, settings)
-        decision = decide(policy, facts_for(tx, None, stage, spf=spf, rcpt=rcpt))
+        if known.spf is None and policy.needs_early_spf:
+            known = replace(known, spf=_spf(tx, dns, settings))
+        if known.iprev is None and policy.needs_early_iprev:
+            known = replace(known, iprev=_iprev(tx, dns))
+        if known.helo is None:
+            known = replace(known, helo=_helo(tx, authserv_id))
+        decision = decide(policy, facts_for(tx, None, stage, spf=known.spf, rcpt=rcpt,
+                                            iprev=known.iprev, helo=known.helo))
     except Exception:
         if settings.fail_safe == "accept":
-            return None, spf
+            return None, known
         return _fail_safe(settings, None, (), "early decision failed", traceback.format_exc(),
-                          stage=stage), spf
+                          stage=stage), known
     if decision.deferred or decision.action not in (Action.REJECT, Action.TEMPFAIL):
-        return None, spf
-    results = Results(spf=spf, dkim=(), author=AuthorResult(None), dmarc=None)
+        return None, known
+    results = Results(spf=known.spf, dkim=(), author=AuthorResult(None), dmarc=None,
+                      iprev=known.iprev, helo=known.helo)
     return Verdict(decision.action, decision.reply, results, "", stage=stage.value, decision=decision,
-                   reason=f"rule {decision.rule}"), spf
+                   reason=f"rule {decision.rule}"), known
 
 
 def evaluate(
@@ -113,11 +150,12 @@ def evaluate(
     policy: Policy = EMPTY_POLICY,
     *,
     sample: Callable[[], float] = random.random,
-    spf: SpfResults | None = None,
+    known: EarlyResults = NOTHING_KNOWN,
     signing: SigningConfig = EMPTY_SIGNING,
     now: float | None = None,
 ) -> Verdict:
-    """The end-of-message verdict. `spf` is the result already computed at an early stage, if any.
+    """The end-of-message verdict. `known` holds what an early stage (or an earlier message on the
+    same connection) already worked out: it is reused, not asked for again.
 
     Our own users' mail (`signing` says who that is) is signed; it is also verified only when the
     signing settings ask for it. The steps: forged headers, signing, the checks, the decision and
@@ -138,7 +176,7 @@ def evaluate(
     if outbound.verdict is not None:
         return outbound.verdict
     try:
-        results = run_checks(tx, dns, settings, spf=spf, sample=sample)
+        results = run_checks(tx, dns, settings, known=known, sample=sample, authserv_id=authserv_id)
     except Exception:
         return _fail_safe(settings, None, deletes, "evaluation failed", traceback.format_exc(),
                           guard=(tx, dns))
@@ -166,18 +204,22 @@ def run_checks(
     dns: Resolver,
     settings: EvalSettings,
     *,
-    spf: SpfResults | None = None,
+    known: EarlyResults = NOTHING_KNOWN,
     sample: Callable[[], float] = random.random,
+    authserv_id: str = "",
 ) -> Results:
-    """Every check of core.checks on one message, in the order their inputs need."""
-    spf = spf or _spf(tx, dns, settings)
+    """Every check of core.checks on one message, in the order their inputs need; those `known`
+    already are not run again. `authserv_id` is one of our names for the HELO check."""
+    iprev = known.iprev or _iprev(tx, dns)
+    helo = known.helo or _helo(tx, authserv_id)
+    spf = known.spf or _spf(tx, dns, settings)
     parsed = parse_parts(tx.headers, tx.body)  # once, for DKIM and ARC both
     dkim = verify_dkim(parsed, dns, max_signatures=settings.dkim_max_signatures,
                        min_key_bits=settings.dkim_min_key_bits)
     arc = verify_arc(parsed, dns)
     author = parse_author(tx.headers)
     dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
-    return Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc)
+    return Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc, iprev=iprev, helo=helo)
 
 
 @dataclass(frozen=True)
@@ -252,13 +294,14 @@ def evaluate_transaction(
     Recipients refused at RCPT are dropped, as the MTA would drop them; if none is left the
     first refusal is the verdict.
     """
-    verdict, spf = early_verdict(tx, dns, settings, policy, Stage.MAIL)
+    verdict, known = early_verdict(tx, dns, settings, policy, Stage.MAIL, authserv_id=authserv_id)
     if verdict is not None:
         return verdict
     kept: list[str] = []
     refused: list[tuple[str, Verdict]] = []
     for rcpt in tx.rcpts:
-        verdict, spf = early_verdict(tx, dns, settings, policy, Stage.RCPT, rcpt=rcpt, spf=spf)
+        verdict, known = early_verdict(tx, dns, settings, policy, Stage.RCPT, rcpt=rcpt, known=known,
+                                       authserv_id=authserv_id)
         if verdict is None:
             kept.append(rcpt)
         else:
@@ -266,7 +309,7 @@ def evaluate_transaction(
     if refused and not kept:
         return refused[0][1]
     final = evaluate(replace(tx, rcpts=tuple(kept)), dns, settings, authserv_id, policy,
-                     sample=sample, spf=spf, signing=signing)
+                     sample=sample, known=known, signing=signing)
     return replace(final, rejected_rcpts=tuple((r, v.reply) for r, v in refused if v.reply))
 
 

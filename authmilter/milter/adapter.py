@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import Milter
@@ -34,8 +35,8 @@ import milter
 
 from authmilter.app import App, AppHolder
 from authmilter.core.decision import Stage
-from authmilter.core.evaluate import TEMPFAIL_REPLY
-from authmilter.core.model import Action, Header, SpfResults, Transaction, Verdict
+from authmilter.core.evaluate import NOTHING_KNOWN, TEMPFAIL_REPLY
+from authmilter.core.model import Action, EarlyResults, Header, Transaction, Verdict
 from authmilter.milter.sdnotify import notify
 from authmilter.observe.logs import setup_logging
 from authmilter.observe.metrics import serve_metrics
@@ -179,6 +180,9 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.deferred_failure = ""  # set by a no-reply callback that failed; eom tempfails
         self.spool: io.BufferedRandom | None = None  # the body, once larger than [spool] above
         self.app: App = self.holder.current
+        # What is already known: iprev and the HELO facts for the whole connection (the client's
+        # address does not change, so neither do its PTR names), SPF for one transaction only.
+        self.known: EarlyResults = NOTHING_KNOWN
         self._reset()
 
     def _reset(self) -> None:
@@ -193,7 +197,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.body_size = 0
         self.queue_id = ""
         self.macros: dict[str, str] = {}
-        self.spf: SpfResults | None = None
+        self.known = replace(self.known, spf=None)
 
     def _macro(self, name: str) -> str:
         value = self.getsymval(name)
@@ -207,11 +211,12 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         )
 
     def _early(self, stage: Stage, rcpt: str | None = None) -> Verdict | None:
-        """A refusal at MAIL FROM or RCPT TO, or None; keeps the SPF result for end of message."""
+        """A refusal at MAIL FROM or RCPT TO, or None; keeps what it worked out for later."""
         if self.app.policy.earliest_stage > stage:
             return None  # no rule can act yet: skip building the envelope for nothing
         envelope = self._envelope(None if rcpt is None else [rcpt])
-        verdict, self.spf = self.app.early(envelope, stage, rcpt=rcpt, spf=self.spf)
+        verdict, self.known = self.app.early(envelope, stage, rcpt=rcpt, known=self.known,
+                                             mta_j=self.macros.get("j"))
         return verdict
 
     def _refuse(self, verdict: Verdict, what: str) -> Any:
@@ -274,6 +279,8 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
     @_no_reply(Milter.P_NR_HELO)
     def hello(self, hostname: str) -> None:
         self.helo = _text(hostname)
+        # A second EHLO (after STARTTLS, or a client that changes its mind) may name another host.
+        self.known = replace(self.known, helo=None)
 
     @_guarded
     @_raw_bytes
@@ -284,9 +291,14 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             self.setreply(TEMPFAIL_REPLY.code, TEMPFAIL_REPLY.status, TEMPFAIL_REPLY.text)
             return Milter.TEMPFAIL
         # The rules in force now stay in force for this whole transaction, whatever a reload does.
+        if self.holder.current is not self.app:
+            # A reload may have renamed us (authserv_id), and the HELO facts compare with our names.
+            self.known = replace(self.known, helo=None)
         self.app = self.holder.current
         self.mail_from = _strip_angle(_text(mailfrom))
-        for name in ("{auth_authen}", "{daemon_name}", "j"):
+        # {daemon_addr} (Postfix) and {if_addr} (Sendmail): the address the client connected to,
+        # for the HELO check's "our own address".
+        for name in ("{auth_authen}", "{daemon_name}", "j", "{daemon_addr}", "{if_addr}"):
             self.macros[name] = self._macro(name)
         self.queue_id = self._macro("i")
         verdict = self._early(Stage.MAIL)
@@ -402,7 +414,11 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.body_chunks = []
         self._drop_spool()
         started = time.monotonic()
-        verdict = self.app.evaluate(tx, mta_j=self._macro("j") or self.macros.get("j"), spf=self.spf)
+        verdict = self.app.evaluate(tx, mta_j=self._macro("j") or self.macros.get("j"), known=self.known)
+        if verdict.results is not None:
+            # Kept for the connection's next messages, which then need no PTR lookup of their own.
+            self.known = replace(self.known, iprev=verdict.results.iprev or self.known.iprev,
+                                 helo=verdict.results.helo or self.known.helo)
         self._log_verdict(verdict, tx, time.monotonic() - started)
         rc = self._apply(verdict)
         held = self._header_bytes + len(tx.body)

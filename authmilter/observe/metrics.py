@@ -92,6 +92,8 @@ class Metrics:
             self.results.labels("dkim", "none").inc()
         if res.dmarc is not None:
             self.results.labels("dmarc", res.dmarc.result).inc()
+        if res.iprev is not None and res.iprev.result != "none":
+            self.results.labels("iprev", res.iprev.result).inc()
 
 
 def serve_metrics(metrics: Metrics, listen: str) -> bool:

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from authmilter.core.model import Action, DkimResult, DmarcResult, Reply, SpfResult, Verdict
+from authmilter.core.model import (
+    Action,
+    DkimResult,
+    DmarcResult,
+    HeloResult,
+    IprevResult,
+    Reply,
+    SpfResult,
+    Verdict,
+)
 
 
 def _spf(r: SpfResult | None) -> dict[str, Any] | None:
@@ -70,6 +79,33 @@ def _arc(v: Verdict) -> dict[str, Any] | None:
     }
 
 
+def _iprev(r: IprevResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"result": r.result, "ip": r.ip, "host": r.host or None, "ptr_names": list(r.ptr_names),
+            "reason": r.reason}
+
+
+def _helo(r: HeloResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"name": r.helo, "syntax_ok": r.syntax_ok, "fqdn": r.fqdn, "bare_ip": r.bare_ip,
+            "literal": r.literal, "literal_mismatch": r.literal_mismatch, "is_ours": r.is_ours,
+            "reason": r.reason}
+
+
+def helo_flags(r: HeloResult) -> str:
+    """The log line's `helo_flags`: what is notable about the HELO name; "" for a plain FQDN."""
+    flags = [
+        ("invalid", not r.syntax_ok and not r.bare_ip),
+        ("bare-ip", r.bare_ip),
+        ("not-fqdn", r.syntax_ok and not r.fqdn and not r.literal),
+        ("literal-mismatch", r.literal_mismatch),
+        ("ours", r.is_ours),
+    ]
+    return ",".join(name for name, present in flags if present)
+
+
 def _reply(r: Reply | None) -> dict[str, str] | None:
     return None if r is None else {"code": r.code, "status": r.status, "text": r.text}
 
@@ -96,6 +132,8 @@ def verdict_to_dict(v: Verdict) -> dict[str, Any]:
             "signatures": len(v.signing.signatures), "reason": v.signing.reason},
         "reason": v.reason,
         "authentication_results": v.authentication_results or None,
+        "iprev": _iprev(res.iprev) if res else None,
+        "helo": _helo(res.helo) if res else None,
         "spf": _spf(res.spf.effective) if res and res.spf else None,
         "spf_helo": _spf(res.spf.helo) if res and res.spf else None,
         "dkim": [_dkim(d) for d in res.dkim] if res else [],
@@ -123,6 +161,11 @@ def log_fields(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str,
         parts.append(("arc", res.arc.result))
     if v.arc_seal:
         parts.append(("arc_seal", v.arc_seal))
+    if res is not None and res.iprev is not None and res.iprev.result != "none":
+        host = f":{res.iprev.host}" if res.iprev.host else ""
+        parts.append(("iprev", res.iprev.result + host))
+    if res is not None and res.helo is not None and helo_flags(res.helo):
+        parts.append(("helo_flags", helo_flags(res.helo)))
     if res is not None:
         if res.author.domain or res.author.error:
             parts.append(("author", res.author.domain or f"error:{res.author.error}"))

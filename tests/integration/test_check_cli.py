@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.dnsserver import DnsServer
-from tests.integration.zones import example_net, example_org
+from tests.integration.zones import example_net, example_org, reverse_dns
 from tests.mailfactory import make_message, rsa_key, sign
 from tests.milterclient import ROOT, MilterProcess
 
@@ -178,3 +178,48 @@ def test_early_rcpt_refusal_in_check(tmp_path: Path, dns: DnsServer) -> None:
                      "--mail-from", "alice@example.org", "--rcpt", "bob@example.com")
     assert out["stage"] == "rcpt" and out["action"] == "reject"
     assert out["reply"]["code"] == "550" and out["reply"]["status"] == "5.7.23"
+
+
+def test_json_and_explain_show_iprev_and_helo(tmp_path: Path, dns: DnsServer) -> None:
+    for text in reverse_dns():
+        dns.add_zone(text)
+    cfg = policy_config(tmp_path, dns, POLICIES / "default.toml")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(sign(make_message(), domain="example.org", selector="rsa", key=rsa_key()))
+    args = ("--client-ip", "192.0.2.10", "--helo", "[192.0.2.99]", "--mail-from", "alice@example.org")
+    out = check_json(cfg, eml, *args)
+    assert out["action"] == "accept" and out["rule"] is None
+    assert out["iprev"] == {"result": "pass", "ip": "192.0.2.10", "host": "mail.rdns.example",
+                            "ptr_names": ["mail.rdns.example"], "reason": ""}
+    helo = out["helo"]
+    assert (helo["name"], helo["syntax_ok"], helo["literal"], helo["literal_mismatch"], helo["is_ours"]) == (
+        "[192.0.2.99]", True, True, True, False)
+    assert "iprev=pass policy.iprev=192.0.2.10 (mail.rdns.example);" in out["authentication_results"]
+    r = check(cfg, eml, "--explain", *args)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^\s+iprev\s+pass$", r.stdout, re.M)
+    assert re.search(r"^\s+iprev_host\s+mail\.rdns\.example$", r.stdout, re.M)
+    assert re.search(r"^\s+helo_literal_mismatch\s+true$", r.stdout, re.M)
+    assert re.search(r"^\s+helo_fqdn\s+false$", r.stdout, re.M)
+
+
+def test_check_refuses_at_mail_from_on_iprev_and_helo_rules(tmp_path: Path, dns: DnsServer) -> None:
+    for text in reverse_dns():
+        dns.add_zone(text)
+    policy = tmp_path / "antispam.toml"
+    policy.write_text('[[rules]]\nname = "no-rdns"\nwhen = { iprev = "permerror" }\nstage = "mail"\n'
+                      'action = "reject"\n\n'
+                      '[[rules]]\nname = "ours"\nwhen = { helo_is_ours = true }\nstage = "mail"\n'
+                      'action = "reject"\n')
+    cfg = policy_config(tmp_path, dns, policy)
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message())
+    no_ptr = check_json(cfg, eml, "--client-ip", "203.0.113.9", "--helo", "h.example.net",
+                        "--mail-from", "alice@example.org")
+    assert (no_ptr["action"], no_ptr["stage"], no_ptr["rule"]) == ("reject", "mail", "no-rdns")
+    assert no_ptr["iprev"]["result"] == "permerror" and no_ptr["dkim"] == []
+    # check has no MTA to name us: the authserv-id of the config is our name.
+    ours = check_json(cfg, eml, "--client-ip", "192.0.2.10", "--helo", "MX.test.example",
+                      "--mail-from", "alice@example.org")
+    assert (ours["action"], ours["stage"], ours["rule"]) == ("reject", "mail", "ours")
+    assert ours["helo"]["is_ours"] is True and ours["iprev"]["result"] == "pass"  # the first rule's

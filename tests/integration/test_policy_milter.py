@@ -259,13 +259,16 @@ EXAMPLES = ROOT / "policies" / "examples"
     [DEFAULT, EXAMPLES / "monitor-first.toml"],  # settings only, loaded after a policy
     [EXAMPLES / "forwarders.toml", DEFAULT],  # exceptions, loaded before the default rules
     [EXAMPLES / "strict.toml"],  # a whole policy of its own
-], ids=["default", "monitor-first", "forwarders", "strict"])
+    [EXAMPLES / "antispam.toml"],  # another one
+    [EXAMPLES / "antispam.toml", EXAMPLES / "monitor-first.toml"],
+], ids=["default", "monitor-first", "forwarders", "strict", "antispam", "antispam-monitored"])
 def test_shipped_policies_pass_lint(files: list[Path]) -> None:
     r = subprocess.run([sys.executable, "-m", "authmilter", "policy", "lint", *map(str, files)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert sorted(EXAMPLES.glob("*.toml")) == sorted(
-        [EXAMPLES / "forwarders.toml", EXAMPLES / "monitor-first.toml", EXAMPLES / "strict.toml"])
+        [EXAMPLES / "forwarders.toml", EXAMPLES / "monitor-first.toml", EXAMPLES / "strict.toml",
+         EXAMPLES / "antispam.toml"])
 
 
 def test_sample_config_policy_passes_lint() -> None:

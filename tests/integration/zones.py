@@ -29,3 +29,27 @@ def example_net() -> str:
 @ IN TXT "v=spf1 ip4:198.51.100.0/24 ~all"
 _dmarc IN TXT "v=DMARC1; p=none"
 """)
+
+
+# 2001:db8::25 in ip6.arpa: the 24 nibbles below 2001:db8::/32, lowest first.
+HOST6_NIBBLES = "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"
+
+
+def reverse_dns() -> list[str]:
+    """Reverse DNS for iprev: 192.0.2.10 and 2001:db8::25 confirm, 192.0.2.20 names a host that
+    is elsewhere, 192.0.2.30's PTR name is for tests to break; 203.0.113.0/24 has no PTR zone."""
+    return [
+        zone("rdns.example", """
+mail IN A 192.0.2.10
+liar IN A 192.0.2.99
+mail6 IN AAAA 2001:db8::25
+"""),
+        zone("2.0.192.in-addr.arpa", """
+10 IN PTR mail.rdns.example.
+20 IN PTR liar.rdns.example.
+30 IN PTR mail.rdns.example.
+"""),
+        zone("8.b.d.0.1.0.0.2.ip6.arpa", f"""
+{HOST6_NIBBLES} IN PTR mail6.rdns.example.
+"""),
+    ]

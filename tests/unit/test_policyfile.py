@@ -379,7 +379,8 @@ def test_each_example_parses_alone(path: Path) -> None:
 
 
 def test_examples_as_documented() -> None:
-    assert {p.name for p in EXAMPLES} == {"monitor-first.toml", "strict.toml", "forwarders.toml"}
+    assert {p.name for p in EXAMPLES} == {"monitor-first.toml", "strict.toml", "forwarders.toml",
+                                          "antispam.toml"}
     ex = ROOT / "policies" / "examples"
     monitored = load_policy([DEFAULT, ex / "monitor-first.toml"])
     assert monitored.settings.monitor and len(monitored.rules) == 6
@@ -391,3 +392,25 @@ def test_examples_as_documented() -> None:
     assert early == ["spf-fail", "spf-permerror", "spf-temperror"]
     must_sign = next(r for r in strict.rules if r.name == "must-sign")
     assert must_sign.reply_name == "dkim_author" and must_sign.condition("author_signed") is not None
+
+
+def test_antispam_example_previews_its_early_rules_and_keeps_the_default_ones() -> None:
+    antispam = load_policy([ROOT / "policies" / "examples" / "antispam.toml"])
+    new_keys = {"iprev", "iprev_host", "helo_syntax_ok", "helo_fqdn", "helo_bare_ip",
+                "helo_literal_mismatch", "helo_is_ours"}
+    on_new = [r for r in antispam.rules if any(c.key in new_keys for c in r.when)]
+    # Every key is shown in use, every such rule is previewed, and would act at MAIL FROM.
+    assert {c.key for r in on_new for c in r.when} >= new_keys
+    assert all(r.monitor and r.stage is Stage.MAIL for r in on_new)
+    assert (antispam.earliest_stage, antispam.needs_early_iprev) == (Stage.EOM, False)
+    # A temperror is at most retried, never refused.
+    on_temperror = [r for r in on_new if "temperror" in getattr(r.condition("iprev"), "values", ())]
+    assert on_temperror and all(r.action is Action.TEMPFAIL for r in on_temperror)
+    default = load_policy([DEFAULT])
+    tail = [(r.name, r.action, r.when, r.reply) for r in antispam.rules[-4:]]
+    assert tail == [(r.name, r.action, r.when, r.reply) for r in default.rules[-4:]]
+    # Enforced (monitor lines taken out) it is still a valid policy whose rules act at MAIL FROM.
+    text = (ROOT / "policies" / "examples" / "antispam.toml").read_text().replace("monitor = true\n", "")
+    enforced = parse_policy("antispam.toml", text.encode())
+    assert (enforced.earliest_stage, enforced.needs_early_iprev, enforced.needs_early_spf) == (
+        Stage.MAIL, True, True)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from authmilter.core.model import ArcHop, DkimResult, Facts, Results, SpfResults, Stage, Transaction
+from authmilter.core.model import (
+    ArcHop,
+    DkimResult,
+    Facts,
+    HeloResult,
+    IprevResult,
+    Results,
+    SpfResults,
+    Stage,
+    Transaction,
+)
 from authmilter.core.names import normalize_client_ip, normalize_domain
 
 __all__ = ["facts_for"]
+
 
 def facts_for(
     tx: Transaction,
@@ -16,12 +27,20 @@ def facts_for(
     *,
     spf: SpfResults | None = None,
     rcpt: str | None = None,
+    iprev: IprevResult | None = None,
+    helo: HeloResult | None = None,
 ) -> Facts:
     """The facts known at `stage`. Later-stage facts stay None even if `results` holds them.
 
     `spf` is the SPF result the milter computed early; at end of message `results.spf` wins.
+    `iprev` and `helo` are the connection's results worked out early; `results` wins for them
+    too. A result not handed in leaves its facts None (not known yet), so a rule on them waits
+    rather than guesses.
     `rcpt` is the recipient being decided at RCPT TO (default: the last of `tx.rcpts`).
     """
+    if results is not None:
+        iprev = results.iprev or iprev
+        helo = results.helo or helo
     spf_results = results.spf if results is not None and results.spf is not None else spf
     spf_result = spf_results.effective.result if spf_results is not None else None
     spf_helo: str | None = None
@@ -54,6 +73,9 @@ def facts_for(
         if results.dmarc is not None:
             dmarc, dmarc_policy = results.dmarc.result, results.dmarc.policy
         arc, arc_hops = _arc_facts(results)
+    # iprev stays out of these: a PTR lookup that times out says nothing about who wrote the
+    # message, and policies written for SPF, DKIM and DMARC errors (strict.toml tempfails on
+    # `temperror = true`) must not start refusing mail from hosts with slow reverse DNS.
     observed = (spf_result, dmarc, *(dkim or ()))
     return Facts(
         stage=stage,
@@ -76,6 +98,13 @@ def facts_for(
         permerror=_error_flag("permerror", observed, final),
         arc=arc,
         arc_trusted_sealers=arc_hops,
+        iprev=iprev.result if iprev is not None else None,
+        iprev_host=(_domain_or_empty(iprev.host) if iprev.result == "pass" else "") if iprev else None,
+        helo_syntax_ok=helo.syntax_ok if helo is not None else None,
+        helo_fqdn=helo.fqdn if helo is not None else None,
+        helo_bare_ip=helo.bare_ip if helo is not None else None,
+        helo_literal_mismatch=helo.literal_mismatch if helo is not None else None,
+        helo_is_ours=helo.is_ours if helo is not None else None,
     )
 
 

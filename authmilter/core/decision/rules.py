@@ -84,6 +84,7 @@ DKIM_RESULTS = ("pass", "fail", "neutral", "policy", "temperror", "permerror", "
 DMARC_RESULTS = ("pass", "fail", "none", "temperror", "permerror")
 DMARC_POLICIES = ("none", "quarantine", "reject")
 ARC_RESULTS = ("none", "pass", "fail")
+IPREV_RESULTS = ("pass", "fail", "temperror", "permerror", "none")
 
 CONDITION_KEYS: Mapping[str, KeySpec] = MappingProxyType({
     "client_ip": KeySpec(Kind.NETWORKS, Stage.MAIL, doc="SMTP client address"),
@@ -108,10 +109,22 @@ CONDITION_KEYS: Mapping[str, KeySpec] = MappingProxyType({
             "message (its ARC-Authentication-Results said dmarc=pass)"),
     "temperror": KeySpec(Kind.FLAG, Stage.MAIL, doc="a check known so far is temperror"),
     "permerror": KeySpec(Kind.FLAG, Stage.MAIL, doc="a check known so far is permerror"),
+    "iprev": KeySpec(Kind.CHOICES, Stage.MAIL, IPREV_RESULTS,
+                     doc="forward-confirmed reverse DNS of the client (RFC 8601 iprev)"),
+    "iprev_host": KeySpec(Kind.NAMES, Stage.MAIL, doc="the client's forward-confirmed PTR name"),
+    "helo_syntax_ok": KeySpec(Kind.FLAG, Stage.MAIL,
+                              doc="HELO is a valid domain name or address literal"),
+    "helo_fqdn": KeySpec(Kind.FLAG, Stage.MAIL, doc="HELO is a valid domain name with a dot"),
+    "helo_bare_ip": KeySpec(Kind.FLAG, Stage.MAIL, doc="HELO is an IP address without brackets"),
+    "helo_literal_mismatch": KeySpec(Kind.FLAG, Stage.MAIL,
+                                     doc="HELO names an address that is not the client's"),
+    "helo_is_ours": KeySpec(Kind.FLAG, Stage.MAIL, doc="HELO is our own name or address"),
 })
 
-# Facts the milter must compute at MAIL FROM for an early rule to see them.
+# Facts the milter must compute at MAIL FROM for an early rule to see them. The HELO facts need
+# no such list: they cost no lookup, so they are worked out whenever an early rule may act.
 SPF_KEYS = frozenset({"spf", "spf_helo", "temperror", "permerror"})
+IPREV_KEYS = frozenset({"iprev", "iprev_host"})
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007 - a runtime alias
 
@@ -317,6 +330,10 @@ class Rule:
     def needs_spf(self) -> bool:
         return any(c.key in SPF_KEYS for c in self.when)
 
+    @property
+    def needs_iprev(self) -> bool:
+        return any(c.key in IPREV_KEYS for c in self.when)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -342,10 +359,21 @@ class Policy:
         Not only the early rule's own conditions count: an earlier rule on SPF would stop the
         walk (deferred) if SPF were missing, and the early rule would never get its turn.
         """
+        return any(r.needs_spf for r in self._walked_early)
+
+    @functools.cached_property
+    def needs_early_iprev(self) -> bool:
+        """Whether the milter must check iprev at MAIL FROM, for the reason SPF may be needed."""
+        return any(r.needs_iprev for r in self._walked_early)
+
+    @functools.cached_property
+    def _walked_early(self) -> tuple[Rule, ...]:
+        """The rules an early walk may have to decide: those up to the last one that acts early
+        (monitored ones are skipped early, so what they look at is never needed then)."""
         early = [i for i, r in enumerate(self.rules) if self.acts_early(r)]
         if not early:
-            return False
-        return any(not r.monitor and r.needs_spf for r in self.rules[: early[-1] + 1])
+            return ()
+        return tuple(r for r in self.rules[: early[-1] + 1] if not r.monitor)
 
 
 EMPTY_POLICY = Policy()

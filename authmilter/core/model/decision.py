@@ -102,6 +102,14 @@ class Facts:
     # The hops of a passing ARC chain, oldest first, each "+sealer" if its ARC-Authentication-
     # Results vouched for the message (dmarc=pass) or "-sealer" if not; empty if the chain fails.
     arc_trusted_sealers: tuple[str, ...] | None = None
+    # Connection facts (iprev, HELO): None until the milter has computed them for this connection.
+    iprev: str | None = None
+    iprev_host: str | None = None  # the forward-confirmed name; "" unless iprev is pass
+    helo_syntax_ok: bool | None = None
+    helo_fqdn: bool | None = None
+    helo_bare_ip: bool | None = None
+    helo_literal_mismatch: bool | None = None
+    helo_is_ours: bool | None = None
 
     def value(self, key: str) -> FactValue:
         if key not in _FACT_NAMES:

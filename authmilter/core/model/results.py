@@ -134,9 +134,56 @@ class ArcResult:
 
 
 @dataclass(frozen=True)
+class IprevResult:
+    """Forward-confirmed reverse DNS of the SMTP client (RFC 8601 sections 2.7.3 and 3).
+
+    result: pass | fail | temperror | permerror, the values RFC 8601 registers for "iprev"; or
+    none when there was no client address to check (local submission, or an address the MTA
+    handed over that is no IP address), which is reported in no Authentication-Results clause.
+    """
+
+    result: str
+    ip: str  # the client address as checked (IPv4-mapped IPv6 as IPv4); "" for none
+    host: str = ""  # the PTR name that resolved back to `ip`; only when result is pass
+    ptr_names: tuple[str, ...] = ()  # the PTR names followed, in the order they were tried
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class HeloResult:
+    """What the HELO/EHLO name says about the client (core/checks/helo.py has the rules).
+
+    Facts only: RFC 5321 section 4.1.4 forbids refusing mail because the name does not match the
+    client's address. A flag that cannot be told is False (`literal_mismatch` without a client
+    address, `fqdn` for anything that is not a valid domain name).
+    """
+
+    helo: str  # as the client sent it, surrounding white space removed
+    syntax_ok: bool  # an RFC 5321 Domain, or an address literal [192.0.2.1] / [IPv6:2001:db8::1]
+    fqdn: bool  # a valid domain name with at least one dot
+    bare_ip: bool  # an IP address without the brackets of an address literal (not syntax_ok)
+    literal: bool  # a valid address literal
+    literal_mismatch: bool  # an address literal, or bare address, that is not the client's
+    is_ours: bool  # one of our own host names, or one of our own addresses
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class EarlyResults:
+    """Results worked out before end of message, for the caller to keep and hand back so that no
+    check runs twice: SPF belongs to one transaction, iprev and HELO to the whole connection."""
+
+    spf: SpfResults | None = None
+    iprev: IprevResult | None = None
+    helo: HeloResult | None = None
+
+
+@dataclass(frozen=True)
 class Results:
     spf: SpfResults | None
     dkim: tuple[DkimResult, ...]
     author: AuthorResult
     dmarc: DmarcResult | None
     arc: ArcResult | None = None  # None when ARC was not evaluated
+    iprev: IprevResult | None = None  # None when not evaluated
+    helo: HeloResult | None = None
