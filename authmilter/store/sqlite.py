@@ -1,0 +1,168 @@
+"""The embedded store: one SQLite file that every worker process of one host shares.
+
+WAL journal (readers never block the writer), a busy timeout (a worker waits for another's
+transaction instead of failing at once) and `BEGIN IMMEDIATE` around every read-modify-write, so
+two processes counting the same triplet never both read the old record. Rows past their expiry
+are deleted lazily, a bounded batch every PURGE_EVERY operations, in the transaction at hand.
+
+A connection belongs to the process that opened it: after fork (the pre-fork pool) the child
+opens its own on first use. Within one process a lock serialises threads on the connection.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from authmilter.store.base import (
+    GreyState,
+    RateState,
+    StoreError,
+    bucket_step,
+    check_grey_args,
+    check_rate_args,
+    grey_step,
+)
+
+PURGE_EVERY = 256  # operations between lazy purges, per process
+PURGE_BATCH = 1000  # rows deleted per table and purge at most
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS greylist (
+    key TEXT PRIMARY KEY, first_seen REAL NOT NULL, passes INTEGER NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS greylist_expires ON greylist (expires_at);
+CREATE TABLE IF NOT EXISTS buckets (
+    key TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_at REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS buckets_expires ON buckets (expires_at);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
+        """Open (creating if need be) the database at `path`; StoreError when that fails.
+
+        `timeout`: seconds to wait for another process's transaction before giving up."""
+        self.path = Path(path)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._ops = 0
+        self._inherited: list[sqlite3.Connection] = []  # never used nor closed after fork
+        with self._lock:
+            self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if self._conn is not None:
+            # SQLite forbids using a connection across fork; closing it here could touch the
+            # parent's locks, so it is only forgotten.
+            self._inherited.append(self._conn)
+            self._conn = None
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"{self.path}: {e}") from e
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+        for table in ("greylist", "buckets"):
+            conn.execute(f"DELETE FROM {table} WHERE rowid IN "
+                         f"(SELECT rowid FROM {table} WHERE expires_at <= ? LIMIT ?)", (now, PURGE_BATCH))
+
+    def purge_expired(self, now: float) -> None:
+        """Delete every row expired at `now` (housekeeping; the operations do it in batches)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("DELETE FROM greylist WHERE expires_at <= ?", (now,))
+                    conn.execute("DELETE FROM buckets WHERE expires_at <= ?", (now,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from e
+
+    def greylist(self, key: str, now: float, delay: float, retry_window: float,
+                 lifetime: float) -> GreyState:
+        check_grey_args(delay, retry_window, lifetime)
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute("SELECT first_seen, passes, expires_at FROM greylist WHERE key = ?",
+                                       (key,)).fetchone()
+                    record = None if row is None else (float(row[0]), int(row[1]), float(row[2]))
+                    state, write = grey_step(record, now, delay, retry_window, lifetime)
+                    if write is not None:
+                        conn.execute("INSERT OR REPLACE INTO greylist (key, first_seen, passes, expires_at)"
+                                     " VALUES (?, ?, ?, ?)", (key, *write))
+                    self._housekeeping(conn, now)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from e
+            return state
+
+    def take_tokens(self, key: str, now: float, rate_per_s: float, burst: float,
+                    cost: float = 1.0) -> RateState:
+        check_rate_args(rate_per_s, burst, cost)
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute("SELECT tokens, updated_at, expires_at FROM buckets WHERE key = ?",
+                                       (key,)).fetchone()
+                    record = None if row is None or now >= row[2] else (float(row[0]), float(row[1]))
+                    state, write = bucket_step(record, now, rate_per_s, burst, cost)
+                    conn.execute("INSERT OR REPLACE INTO buckets (key, tokens, updated_at, expires_at)"
+                                 " VALUES (?, ?, ?, ?)", (key, *write))
+                    self._housekeeping(conn, now)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from e
+            return state
+
+    def _housekeeping(self, conn: sqlite3.Connection, now: float) -> None:
+        self._ops += 1
+        if self._ops % PURGE_EVERY == 0:
+            self._purge(conn, now)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                try:
+                    self._conn.close()
+                except sqlite3.Error as e:
+                    raise StoreError(f"{self.path}: {e}") from e
+            self._conn = None
