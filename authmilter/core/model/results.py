@@ -169,6 +169,48 @@ class HeloResult:
 
 
 @dataclass(frozen=True)
+class DnsListResult:
+    """One DNS list (RFC 5782) asked about one identity (core/checks/dnslists.py has the rules).
+
+    status: listed | not-listed | unusable | temperror. Only "listed" says anything about the
+    sender; "unusable" (the list answered with an error code, or nonsense) and "temperror" (it
+    could not be asked) say something about the list, and never count as a listing.
+    """
+
+    list_name: str  # the operator's label for the list
+    zone: str  # the list's DNS zone, e.g. "zen.spamhaus.org"
+    identity: str  # what was looked up: "ip", or the domain's identity ("helo", "mailfrom", "from")
+    queried: str  # the name asked for, e.g. "2.0.0.127.zen.spamhaus.org"
+    status: str
+    allow: bool = False  # an allow list (DNSWL type): listed means vouched for, not blocked
+    codes: tuple[str, ...] = ()  # the returned addresses that count, sorted; only when listed
+    meanings: tuple[str, ...] = ()  # their meanings, in the order of `codes`, each once
+    ignored: tuple[str, ...] = ()  # returned addresses that matched no configured code
+    reason: str = ""
+
+    @property
+    def listed(self) -> bool:
+        return self.status == "listed"
+
+
+@dataclass(frozen=True)
+class DnsListResults:
+    """Every (list, identity) lookup, in the order the lists were configured."""
+
+    results: tuple[DnsListResult, ...] = ()
+
+    @property
+    def blocklisted(self) -> tuple[DnsListResult, ...]:
+        """The listings on block lists (allow=False)."""
+        return tuple(r for r in self.results if r.listed and not r.allow)
+
+    @property
+    def allowlisted(self) -> tuple[DnsListResult, ...]:
+        """The listings on allow lists (allow=True)."""
+        return tuple(r for r in self.results if r.listed and r.allow)
+
+
+@dataclass(frozen=True)
 class EarlyResults:
     """Results worked out before end of message, for the caller to keep and hand back so that no
     check runs twice: SPF belongs to one transaction, iprev and HELO to the whole connection."""
