@@ -8,18 +8,30 @@ built completely, and only a set that loaded without a single problem replaces t
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+from authmilter.core.checks.dnslists import DnsList, self_test
 from authmilter.core.decision import EMPTY_POLICY, Policy, Stage
-from authmilter.core.evaluate import NOTHING_KNOWN, early_verdict, evaluate, evaluate_transaction
+from authmilter.core.evaluate import (
+    NOTHING_KNOWN,
+    EvalSettings,
+    early_verdict,
+    evaluate,
+    evaluate_transaction,
+)
 from authmilter.core.model import EarlyResults, Transaction, Verdict
 from authmilter.core.signing.dkim import EMPTY_SIGNING, SigningConfig
+from authmilter.core.stateapi import StateStore, StoreError
 from authmilter.dns import DnsCache, DnsResolver
-from authmilter.files.config import Config, ConfigError, default_authserv_id, load_config
+from authmilter.files.config import Config, ConfigError, StoreSettings, default_authserv_id, load_config
 from authmilter.files.policy import PolicyError, load_policy
 from authmilter.files.signing import SigningError, load_signing
 from authmilter.observe.metrics import Metrics
+from authmilter.store.watch import WatchedStore
 
 log = logging.getLogger("authmilter")
 
@@ -32,6 +44,15 @@ class App:
     generation: int = 1
     metrics: Metrics | None = None  # kept across reloads, so counters keep counting
     signing: SigningConfig = EMPTY_SIGNING
+    store: WatchedStore | None = None  # only when a rule greylists or looks at rate limits
+    lists: ListHealth | None = None  # only when DNS lists are configured
+
+    @property
+    def settings(self) -> EvalSettings:
+        """The evaluation settings, with only the DNS lists that are in service."""
+        if self.lists is None:
+            return self.config.evaluation
+        return self.lists.settings(self.config.evaluation, self.resolver)
 
     def authserv_id(self, mta_j: str | None = None) -> str:
         return self.config.authserv_id or default_authserv_id(mta_j)
@@ -39,17 +60,113 @@ class App:
     def early(self, tx: Transaction, stage: Stage, *, rcpt: str | None = None,
               known: EarlyResults = NOTHING_KNOWN,
               mta_j: str | None = None) -> tuple[Verdict | None, EarlyResults]:
-        return early_verdict(tx, self.resolver, self.config.evaluation, self.policy, stage,
-                             rcpt=rcpt, known=known, authserv_id=self.authserv_id(mta_j))
+        return early_verdict(tx, self.resolver, self.settings, self.policy, stage,
+                             rcpt=rcpt, known=known, authserv_id=self.authserv_id(mta_j),
+                             store=self.store, signing=self.signing)
 
     def evaluate(self, tx: Transaction, mta_j: str | None = None,
                  known: EarlyResults = NOTHING_KNOWN) -> Verdict:
-        return evaluate(tx, self.resolver, self.config.evaluation, self.authserv_id(mta_j),
+        return evaluate(tx, self.resolver, self.settings, self.authserv_id(mta_j),
                         self.policy, known=known, signing=self.signing)
 
-    def evaluate_transaction(self, tx: Transaction) -> Verdict:
-        return evaluate_transaction(tx, self.resolver, self.config.evaluation, self.authserv_id(),
-                                    self.policy, signing=self.signing)
+    def evaluate_transaction(self, tx: Transaction, *, store: StateStore | None = None,
+                             now: float | None = None) -> Verdict:
+        """`store`: the one greylisting and rate limits ask, instead of the configured one."""
+        return evaluate_transaction(tx, self.resolver, self.settings, self.authserv_id(),
+                                    self.policy, signing=self.signing,
+                                    store=store if store is not None else self.store, now=now)
+
+
+@dataclass
+class ListHealth:
+    """Which DNS lists are in service, by their RFC 5782 self-test, re-run every `interval`
+    seconds in the background (per process: the test thread does not survive fork).
+
+    Every configured list is in service until a test says otherwise; a list that fails is taken
+    out with one log line and put back, with another, once it passes again."""
+
+    lists: tuple[DnsList, ...]
+    interval: float
+    failing: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _next: float = 0.0
+    _pid: int = 0
+    _running: bool = False
+    _cached: tuple[frozenset[str], EvalSettings, EvalSettings] | None = None
+
+    def settings(self, base: EvalSettings, resolver: DnsResolver) -> EvalSettings:
+        self._maybe_test(resolver)
+        with self._lock:
+            failing = frozenset(self.failing)
+            cached = self._cached
+        if cached is not None and cached[0] == failing and cached[1] is base:
+            return cached[2]
+        settings = replace(base, dnslists=tuple(x for x in self.lists if x.name not in failing))
+        with self._lock:
+            self._cached = (failing, base, settings)
+        return settings
+
+    def _maybe_test(self, resolver: DnsResolver) -> None:
+        if self.interval <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._running, self._next = os.getpid(), False, 0.0
+            if self._running or now < self._next:
+                return
+            self._running, self._next = True, now + self.interval
+        threading.Thread(target=self.run_tests, args=(resolver,), name="dnslist-self-test",
+                         daemon=True).start()
+
+    def run_tests(self, resolver: DnsResolver) -> None:
+        try:
+            for dnslist in self.lists:
+                try:
+                    ok, why = self_test(dnslist, resolver)
+                except Exception as e:  # the self-test must never take the process down
+                    ok, why = False, f"{type(e).__name__}: {e}"
+                with self._lock:
+                    was = self.failing.get(dnslist.name)
+                    if ok:
+                        self.failing.pop(dnslist.name, None)
+                    else:
+                        self.failing[dnslist.name] = why
+                if not ok and was is None:
+                    log.error("dnslist %s (%s): self-test failed, taken out of service: %s",
+                              dnslist.name, dnslist.zone, why)
+                elif ok and was is not None:
+                    log.warning("dnslist %s (%s): self-test passes again, back in service",
+                                dnslist.name, dnslist.zone)
+        finally:
+            with self._lock:
+                self._running = False
+
+
+def open_store(settings: StoreSettings) -> StateStore:
+    """The configured store; StoreError when it cannot be opened."""
+    if settings.backend == "sqlite":
+        from authmilter.store.sqlite import SqliteStore
+
+        return SqliteStore(settings.path, timeout=settings.timeout)
+    from authmilter.store.redis import RedisStore
+
+    password = None
+    if settings.password_file:
+        try:
+            password = Path(settings.password_file).read_text().strip()
+        except OSError as e:
+            raise StoreError(f"{settings.password_file}: {e.strerror or e}") from None
+    return RedisStore(settings.url or None, sentinels=settings.sentinels, service=settings.service or None,
+                      prefix=settings.prefix, timeout=settings.timeout, password=password)
+
+
+def describe_store(settings: StoreSettings) -> str:
+    if settings.backend == "sqlite":
+        return f"sqlite:{settings.path}"
+    if settings.url:
+        return settings.url.split("@")[-1]  # no password in logs
+    return "sentinel:" + ",".join(f"{h}:{p}" for h, p in settings.sentinels) + f"/{settings.service}"
 
 
 def _resolver(config: Config, metrics: Metrics | None) -> DnsResolver:
@@ -82,8 +199,21 @@ def build_app(config: Config, previous: App | None = None, *, with_metrics: bool
     if metrics is not None:
         metrics.cache_stats = lambda: resolver.cache.stats() if resolver.cache else None
     generation = previous.generation + 1 if previous else 1
+    store: WatchedStore | None = None
+    if policy.greylists or policy.counts_rates:
+        if previous is not None and previous.store is not None and previous.config.store == config.store:
+            store = previous.store
+        else:
+            settings = config.store
+            store = WatchedStore(lambda: open_store(settings), describe_store(settings))
+    lists: ListHealth | None = None
+    if config.evaluation.dnslists:
+        lists = ListHealth(config.evaluation.dnslists, config.dnslist_self_test)
+        old = previous.lists if previous is not None else None
+        if old is not None and (old.lists, old.interval) == (lists.lists, lists.interval):
+            lists = old
     return App(config=config, policy=policy, resolver=resolver, generation=generation, metrics=metrics,
-               signing=signing)
+               signing=signing, store=store, lists=lists)
 
 
 def load_app(path: str) -> App:

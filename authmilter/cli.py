@@ -7,18 +7,20 @@ import dataclasses
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from authmilter.app import App, AppHolder, build_app
 from authmilter.core.decision import explain
 from authmilter.core.message import split_message
-from authmilter.core.model import Transaction
+from authmilter.core.model import Transaction, Verdict
 from authmilter.files.config import ConfigError, load_config, parse_workers, worker_count, workers_problem
 from authmilter.files.policy import PolicyError, lint
 from authmilter.files.signing import SigningError
 from authmilter.observe.logs import setup_logging
 from authmilter.observe.verdicts import verdict_to_dict
+from authmilter.store.sqlite import SqliteStore
 
 log = logging.getLogger("authmilter")
 
@@ -96,7 +98,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         queue_id="check",
         macros={"{auth_authen}": args.auth_user or "", "{daemon_name}": args.daemon or ""},
     )
-    verdict = app.evaluate_transaction(tx)
+    verdict = _check_with_store(app, tx, args.store)
     if args.json:
         print(json.dumps(verdict_to_dict(verdict), indent=2))
     else:
@@ -123,7 +125,52 @@ def cmd_check(args: argparse.Namespace) -> int:
             print()
             for line in explain(verdict.decision):
                 print(line)
+        for line in _antispam_lines(verdict, args.store):
+            print(line)
     return 0
+
+
+def _check_with_store(app: App, tx: Transaction, which: str) -> Verdict:
+    """`check` counts greylisting and rate limits in a fresh, empty store unless told to use the
+    configured one: a look at a message must not let its sender through greylisting later."""
+    if which == "configured" or app.store is None:
+        return app.evaluate_transaction(tx)
+    with tempfile.TemporaryDirectory(prefix="authmilter-check-") as scratch:
+        store = SqliteStore(Path(scratch) / "state.db")
+        try:
+            return app.evaluate_transaction(tx, store=store)
+        finally:
+            store.close()
+
+
+def _antispam_lines(verdict: Verdict, which: str) -> list[str]:
+    res = verdict.results
+    if res is None:
+        return []
+    lines: list[str] = []
+    if res.dnslists is not None:
+        lines.append("dns lists:")
+        for r in res.dnslists.results:
+            kind = "allow" if r.allow else "block"
+            what = f" {', '.join(r.codes)}" if r.codes else ""
+            means = f" ({'; '.join(r.meanings)})" if r.meanings else ""
+            why = f": {r.reason}" if r.reason else ""
+            lines.append(f"  {r.list_name} ({kind}, {r.identity}) {r.queried}: {r.status}{what}{means}{why}")
+    store = ("the configured store" if which == "configured"
+             else "a fresh, empty store; --store configured counts in the real one")
+    if res.greylist:
+        lines.append(f"greylisting ({store}):")
+        for g in res.greylist:
+            wait = f", retry in {g.wait:.0f} s" if g.deferred else ""
+            lines.append(f"  {g.rcpt}: {g.state}{wait}" + (f" [{g.key}]" if g.key else "")
+                         + (f": {g.error}" if g.error else ""))
+    if res.rates:
+        lines.append(f"rate limits ({store}):")
+        for rate in res.rates:
+            state = "exceeded" if rate.exceeded else (
+                f"not counted: {rate.error}" if rate.error else "within")
+            lines.append(f"  {rate.limit} [{rate.key}]: {state}, {rate.tokens_left:.1f} tokens left")
+    return ["", *lines] if lines else []
 
 
 def cmd_policy_lint(args: argparse.Namespace) -> int:
@@ -232,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--daemon", help="the MTA daemon name ({daemon_name}) the message came in on")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--explain", action="store_true", help="show each rule, each fact and what decided")
+    c.add_argument("--store", choices=("fresh", "configured"), default="fresh",
+                   help="greylisting and rate limits: count in a fresh, empty store (default) or in "
+                        "the configured one, as the milter would")
     c.add_argument("-v", "--verbose", action="store_true", help="debug logging to stderr")
     c.add_argument("message", help="the message file (.eml), or - for standard input")
     c.set_defaults(func=cmd_check)

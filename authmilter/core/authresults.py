@@ -47,6 +47,7 @@ from authmilter.core.model import (
     AuthorResult,
     DkimResult,
     DmarcResult,
+    DnsListResults,
     Header,
     HeaderDelete,
     IprevResult,
@@ -215,6 +216,26 @@ def _iprev_clause(iprev: IprevResult) -> authres.core.AuthenticationResult | Non
     return _finish(clause, iprev.reason if iprev.result != "pass" else "")
 
 
+_DNSWL_RESULTS = {"listed": "pass", "not-listed": "none", "temperror": "temperror", "unusable": "permerror"}
+
+
+def _dnswl_clauses(lists: DnsListResults | None) -> list[authres.core.AuthenticationResult]:
+    """`dnswl=pass dns.zone=ZONE policy.ip=CODE` (RFC 8904) for each allow list asked about the
+    client address. Block lists have no registered method: their listings are in the log and
+    in `check --json`, not in a header the recipient's filters read."""
+    clauses: list[authres.core.AuthenticationResult] = []
+    for r in lists.results if lists is not None else ():
+        if not r.allow or r.identity != "ip":
+            continue
+        zone = _ascii_domain(r.zone)
+        code = _structured(r.codes[0]) if r.codes else None
+        clause = authres.core.AuthenticationResult(
+            method="dnswl", result=_DNSWL_RESULTS.get(r.status, "permerror"),
+            properties=_props(_prop("dns", "zone", zone), _prop("policy", "ip", code)))
+        clauses.append(_finish(clause, r.reason if r.status in ("temperror", "unusable") else ""))
+    return clauses
+
+
 def _dkim_clause(sig: DkimResult) -> authres.core.AuthenticationResult:
     comment = f"{sig.key_bits}-bit key" if sig.key_bits else None
     properties = _props(
@@ -330,6 +351,7 @@ def build_authentication_results(
     iprev = _iprev_clause(results.iprev) if results.iprev is not None else None
     if iprev is not None:
         clauses.append(iprev)
+    clauses.extend(_dnswl_clauses(results.dnslists))
     if results.spf is not None:
         clauses.append(_spf_clause(results.spf.effective, client_ip))
     if results.dkim:

@@ -23,15 +23,18 @@ import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from authmilter.core.authresults import build_authentication_results, forged_headers
 from authmilter.core.checks.arc import verify_arc
 from authmilter.core.checks.author import parse_author
 from authmilter.core.checks.dkim import parse_parts, verify_dkim
 from authmilter.core.checks.dmarc import discover_policy, evaluate_dmarc
+from authmilter.core.checks.dnslists import DnsList, query_lists
+from authmilter.core.checks.greylist import GreylistSettings, check_greylist
 from authmilter.core.checks.helo import check_helo
 from authmilter.core.checks.iprev import check_iprev
+from authmilter.core.checks.ratelimit import RateLimit, check_rates
 from authmilter.core.checks.spf import check_spf
 from authmilter.core.decision import EMPTY_POLICY, Decision, Policy, Stage, decide, facts_for
 from authmilter.core.decision.replies import CATALOGUE
@@ -39,11 +42,14 @@ from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import (
     Action,
     AuthorResult,
+    DnsListResults,
     EarlyResults,
+    GreylistResult,
     HeaderDelete,
     HeaderInsert,
     HeloResult,
     IprevResult,
+    RateResult,
     Reply,
     Results,
     SigningOutcome,
@@ -59,6 +65,7 @@ from authmilter.core.signing.dkim import (
     outbound_reason,
     sign_message,
 )
+from authmilter.core.stateapi import StateStore
 
 AUTH_RESULTS = "Authentication-Results"
 
@@ -76,6 +83,12 @@ class EvalSettings:
     spf_check_helo: bool = True
     spf_timeout: float = 20.0
     fail_safe: str = "tempfail"  # "tempfail" | "accept": what evaluation errors do to mail
+    dnslists: tuple[DnsList, ...] = ()  # in service: the shell leaves out those failing their self-test
+    greylist: GreylistSettings = field(default_factory=GreylistSettings)
+    ratelimits: tuple[RateLimit, ...] = ()
+    # What a store that cannot answer does to a recipient greylisting or a rate limit asks about:
+    # "accept" (fail open: not greylisted, not limited) or "tempfail" (fail closed).
+    store_on_error: str = "accept"
 
 
 NOTHING_KNOWN = EarlyResults()
@@ -112,12 +125,29 @@ def early_verdict(
     rcpt: str | None = None,
     known: EarlyResults = NOTHING_KNOWN,
     authserv_id: str = "",
+    store: StateStore | None = None,
+    signing: SigningConfig = EMPTY_SIGNING,
+    now: float | None = None,
 ) -> tuple[Verdict | None, EarlyResults]:
     """A refusal at MAIL FROM or RCPT TO, or None to go on; and what is known now, to hand back.
 
-    SPF and iprev are worked out only when a rule that may act this early needs them; the HELO
-    facts cost nothing and are worked out whenever a rule may act.
+    SPF, iprev and the DNS lists are worked out only when a rule that may act this early needs
+    them; the HELO facts cost nothing and are worked out whenever a rule may act. Rate limits are
+    counted at every stage they count at (messages at MAIL FROM, recipients at RCPT TO) whenever a
+    rule looks at them, even one that acts only at end of message. A greylist rule that matches
+    at RCPT TO asks `store` about the recipient's triplet, and the rules are walked again with
+    the answer.
     """
+    now = time.time() if now is None else now
+    fresh: tuple[RateResult, ...] = ()
+    try:
+        if policy.counts_rates and settings.ratelimits and stage is not Stage.EOM:
+            fresh = _count_rates(tx, settings, stage, rcpt, store, signing, now)
+            known = replace(known, rates=known.rates + fresh)
+    except Exception:
+        return _early_failure(settings, stage, known)
+    if store is not None and settings.store_on_error == "tempfail" and any(r.error for r in fresh):
+        return _store_failure(known, stage, fresh[0].error), known
     if policy.earliest_stage > stage:
         return None, known
     try:
@@ -127,19 +157,96 @@ def early_verdict(
             known = replace(known, iprev=_iprev(tx, dns))
         if known.helo is None:
             known = replace(known, helo=_helo(tx, authserv_id))
-        decision = decide(policy, facts_for(tx, None, stage, spf=known.spf, rcpt=rcpt,
-                                            iprev=known.iprev, helo=known.helo))
+        if known.dnslists is None and settings.dnslists and policy.needs_early_lists:
+            known = replace(known, dnslists=_lists(tx, dns, settings, known.helo))
+        # At RCPT TO the facts count this recipient's buckets and those of the whole message.
+        rates = _rates_for(known.rates, fresh, stage) if policy.counts_rates else None
+
+        def walk(greylist: tuple[GreylistResult, ...] | None) -> Decision:
+            return decide(policy, facts_for(tx, None, stage, spf=known.spf, rcpt=rcpt, iprev=known.iprev,
+                                            helo=known.helo, dnslists=known.dnslists, rates=rates,
+                                            greylist=greylist))
+
+        decision = walk(None)
+        if decision.action is Action.GREYLIST and rcpt is not None:
+            if known.spf is None and settings.greylist.by_spf_domain:
+                known = replace(known, spf=_spf(tx, dns, settings))
+            grey = _greylist(tx, rcpt, known, store, settings, now)
+            known = replace(known, greylist=(*known.greylist, grey))
+            if grey.state == "error" and settings.store_on_error == "tempfail":
+                return _store_failure(known, stage, grey.error), known
+            decision = walk((grey,))
     except Exception:
-        if settings.fail_safe == "accept":
-            return None, known
-        return _fail_safe(settings, None, (), "early decision failed", traceback.format_exc(),
-                          stage=stage), known
+        return _early_failure(settings, stage, known)
     if decision.deferred or decision.action not in (Action.REJECT, Action.TEMPFAIL):
         return None, known
-    results = Results(spf=known.spf, dkim=(), author=AuthorResult(None), dmarc=None,
-                      iprev=known.iprev, helo=known.helo)
-    return Verdict(decision.action, decision.reply, results, "", stage=stage.value, decision=decision,
-                   reason=f"rule {decision.rule}"), known
+    return Verdict(decision.action, decision.reply, _early_results(known), "", stage=stage.value,
+                   decision=decision, reason=f"rule {decision.rule}"), known
+
+
+def _early_results(known: EarlyResults) -> Results:
+    return Results(spf=known.spf, dkim=(), author=AuthorResult(None), dmarc=None, iprev=known.iprev,
+                   helo=known.helo, dnslists=known.dnslists, greylist=known.greylist, rates=known.rates)
+
+
+def _early_failure(settings: EvalSettings, stage: Stage,
+                   known: EarlyResults) -> tuple[Verdict | None, EarlyResults]:
+    if settings.fail_safe == "accept":
+        return None, known
+    return _fail_safe(settings, None, (), "early decision failed", traceback.format_exc(),
+                      stage=stage), known
+
+
+def _store_failure(known: EarlyResults, stage: Stage, error: str) -> Verdict:
+    """The state store could not answer and the operator chose to fail closed."""
+    return Verdict(Action.TEMPFAIL, TEMPFAIL_REPLY, _early_results(known), "", (), (),
+                   f"state store unavailable (store_on_error is tempfail): {error}", stage=stage.value)
+
+
+def _count_rates(tx: Transaction, settings: EvalSettings, stage: Stage, rcpt: str | None,
+                 store: StateStore | None, signing: SigningConfig, now: float) -> tuple[RateResult, ...]:
+    count = "recipients" if stage is Stage.RCPT else "messages"
+    if stage is Stage.RCPT and rcpt is None:
+        return ()
+    if store is None:
+        return tuple(RateResult(limit.name, "", False, error="no state store")
+                     for limit in settings.ratelimits if limit.count == count)
+    outbound = bool(outbound_reason(tx, signing.settings))
+    return check_rates(settings.ratelimits, count, tx.client_ip or "", tx.mail_from, rcpt, tx.macros,
+                       outbound, store, now)
+
+
+def _rates_for(counted: tuple[RateResult, ...], fresh: tuple[RateResult, ...],
+               stage: Stage) -> tuple[RateResult, ...]:
+    """The buckets that speak for this stage: at RCPT TO this recipient's and the message's,
+    not those of the recipients before it."""
+    if stage is not Stage.RCPT:
+        return counted
+    return tuple(r for r in counted if not r.rcpt) + fresh
+
+
+def _greylist(tx: Transaction, rcpt: str, known: EarlyResults, store: StateStore | None,
+              settings: EvalSettings, now: float) -> GreylistResult:
+    if store is None:
+        return GreylistResult(rcpt, "error", error="no state store")
+    return check_greylist(tx.client_ip or "", tx.mail_from, rcpt, tx.macros, known.spf, store,
+                          settings.greylist, now)
+
+
+def _lists(tx: Transaction, dns: Resolver, settings: EvalSettings, helo: HeloResult | None,
+           author_domain: str | None = None) -> DnsListResults:
+    domains: dict[str, str | None] = {
+        "helo": tx.helo if helo is not None and helo.fqdn else None,
+        "mailfrom": _mail_from_domain(tx.mail_from),
+    }
+    if author_domain is not None:
+        domains["from"] = author_domain
+    return query_lists(settings.dnslists, tx.client_ip, domains, dns, clock=time.monotonic)
+
+
+def _mail_from_domain(mail_from: str) -> str | None:
+    address = mail_from.strip().strip("<>").strip()
+    return address.rsplit("@", 1)[1] if "@" in address else None
 
 
 def evaluate(
@@ -219,7 +326,27 @@ def run_checks(
     arc = verify_arc(parsed, dns)
     author = parse_author(tx.headers)
     dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
-    return Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc, iprev=iprev, helo=helo)
+    lists = _eom_lists(tx, dns, settings, known, helo, author)
+    kept = set(tx.rcpts)
+    return Results(spf=spf, dkim=dkim, author=author, dmarc=dmarc, arc=arc, iprev=iprev, helo=helo,
+                   dnslists=lists, greylist=tuple(g for g in known.greylist if g.rcpt in kept),
+                   rates=tuple(r for r in known.rates if not r.rcpt or r.rcpt in kept))
+
+
+def _eom_lists(tx: Transaction, dns: Resolver, settings: EvalSettings, known: EarlyResults,
+               helo: HeloResult, author: AuthorResult) -> DnsListResults | None:
+    """Every list asked about everything, or, when the lists were asked at MAIL FROM already,
+    the domain lists about the From domain only."""
+    if not settings.dnslists:
+        return None
+    author_domain = author.domain if author.domain and not author.error else None
+    if known.dnslists is None:
+        return _lists(tx, dns, settings, helo, author_domain)
+    if author_domain is None:
+        return known.dnslists
+    domain_lists = tuple(x for x in settings.dnslists if x.kind == "domain")
+    extra = query_lists(domain_lists, None, {"from": author_domain}, dns, clock=time.monotonic)
+    return DnsListResults(known.dnslists.results + extra.results)
 
 
 @dataclass(frozen=True)
@@ -288,20 +415,23 @@ def evaluate_transaction(
     *,
     sample: Callable[[], float] = random.random,
     signing: SigningConfig = EMPTY_SIGNING,
+    store: StateStore | None = None,
+    now: float | None = None,
 ) -> Verdict:
     """The whole SMTP transaction as the milter sees it: MAIL FROM, each RCPT TO, end of message.
 
     Recipients refused at RCPT are dropped, as the MTA would drop them; if none is left the
     first refusal is the verdict.
     """
-    verdict, known = early_verdict(tx, dns, settings, policy, Stage.MAIL, authserv_id=authserv_id)
+    verdict, known = early_verdict(tx, dns, settings, policy, Stage.MAIL, authserv_id=authserv_id,
+                                   store=store, signing=signing, now=now)
     if verdict is not None:
         return verdict
     kept: list[str] = []
     refused: list[tuple[str, Verdict]] = []
     for rcpt in tx.rcpts:
         verdict, known = early_verdict(tx, dns, settings, policy, Stage.RCPT, rcpt=rcpt, known=known,
-                                       authserv_id=authserv_id)
+                                       authserv_id=authserv_id, store=store, signing=signing, now=now)
         if verdict is None:
             kept.append(rcpt)
         else:
@@ -309,7 +439,7 @@ def evaluate_transaction(
     if refused and not kept:
         return refused[0][1]
     final = evaluate(replace(tx, rcpts=tuple(kept)), dns, settings, authserv_id, policy,
-                     sample=sample, known=known, signing=signing)
+                     sample=sample, known=known, signing=signing, now=now)
     return replace(final, rejected_rcpts=tuple((r, v.reply) for r, v in refused if v.reply))
 
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from authmilter.core.checks.dnslists import KINDS, DnsList
+from authmilter.core.checks.greylist import GreylistSettings
+from authmilter.core.checks.ratelimit import COUNTS, DIRECTIONS, RATE_KEYS, RateLimit
 from authmilter.core.evaluate import EvalSettings
 from authmilter.files.policy import _Locator
 
@@ -27,7 +30,7 @@ class ConfigError(Exception):
     `key_path` is the key at fault, as TOML nests it, so that `load_config` can add its line.
     """
 
-    def __init__(self, message: str, key_path: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str, key_path: tuple[str | int, ...] = ()) -> None:
         super().__init__(message)
         self.key_path = key_path
 
@@ -38,6 +41,20 @@ class DnsSettings:
     port: int = 53
     timeout: float = 5.0
     cache_size: int = 10000
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where greylisting and rate-limit state lives; opened only when a rule needs it."""
+
+    backend: str = "sqlite"  # "sqlite" | "redis"
+    path: str = "/var/lib/authmilter/state.db"  # sqlite; the unit's StateDirectory
+    url: str = ""  # redis: redis://host:port/db, rediss://, unix://
+    sentinels: tuple[tuple[str, int], ...] = ()  # redis through Sentinel, with `service`
+    service: str = ""
+    prefix: str = "authmilter:"
+    timeout: float = 1.0  # seconds: a store slower than this counts as down for that message
+    password_file: str = ""  # redis: a file holding the password (kept out of the config)
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,9 @@ class Config:
     spool_above: int = 1024 * 1024
     spool_directory: str = ""  # empty: the system's temporary directory ($TMPDIR, else /tmp)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    # Seconds between RFC 5782 self-tests of each DNS list; 0: never (lists always in service).
+    dnslist_self_test: float = 3600.0
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     policy_files: tuple[str, ...] = ()  # absolute; empty: no rules, every message accepted
     signing_file: str = ""  # absolute; empty: nothing is signed
@@ -83,7 +103,7 @@ class _Reader:
     """Pops typed keys out of one TOML table, so whatever is left over is, by definition, unknown."""
 
     def __init__(self, path: str, table: Mapping[str, Any], prefix: str = "",
-                 parts: tuple[str, ...] = ()) -> None:
+                 parts: tuple[str | int, ...] = ()) -> None:
         self.path = path
         self.table = dict(table)
         self.prefix = prefix
@@ -316,6 +336,13 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     problem = workers_problem(workers, metrics_listen)
     if problem:
         raise top.error("workers", problem)
+    store, store_on_error = _store_settings(top.sub("store"), base)
+    greylist = _greylist_settings(top.sub("greylist"))
+    ratelimits = tuple(_rate_limit(r) for r in _table_list(top, "ratelimit"))
+    lists = tuple(_dns_list(r) for r in _table_list(top, "dnslist"))
+    dnslists_r = top.sub("dnslists")
+    self_test = dnslists_r.take_float("self_test_interval", 3600.0, 0.0, 7 * 86400.0)
+    dnslists_r.finish()
     top.finish()
 
     return Config(
@@ -336,6 +363,8 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         spool_above=spool_above,
         spool_directory=spool_directory,
         dns=dns,
+        store=store,
+        dnslist_self_test=self_test,
         policy_files=tuple(policy_files),
         signing_file=signing_file,
         evaluation=EvalSettings(
@@ -344,8 +373,127 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
             spf_check_helo=check_helo,
             spf_timeout=spf_timeout,
             fail_safe=fail_safe,
+            dnslists=lists,
+            greylist=greylist,
+            ratelimits=ratelimits,
+            store_on_error=store_on_error,
         ),
     )
+
+
+def _table_list(top: _Reader, key: str) -> list[_Reader]:
+    """`[[key]]` tables, each as a reader whose errors say `key[N].field`; names must be unique."""
+    value = top.take(key, list, [])
+    readers: list[_Reader] = []
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise top.error(key, f"entry {index + 1}: expected a table ([[{key}]]), "
+                                 f"got {type(item).__name__}")
+        reader = _Reader(top.path, item, f"{top.prefix}{key}[{index + 1}].", (*top.parts, key, index))
+        name = item.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise reader.error("name", "needed: 1-64 lower-case letters, digits, '_', '-' or '.', starting "
+                                       f"with a letter or digit (policy rules name it); got {name!r}")
+        if name in seen:
+            raise reader.error("name", f"{name!r} is the name of an earlier [[{key}]] too")
+        seen.add(name)
+        readers.append(reader)
+    return readers
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+_MEANING = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+
+
+def _duration(r: _Reader, key: str, default: float, lo: float, hi: float) -> float:
+    return r.take_float(key, default, lo, hi)
+
+
+def _store_settings(r: _Reader, base: Path) -> tuple[StoreSettings, str]:
+    backend = r.take_choice("backend", "sqlite", ("sqlite", "redis"))
+    path = r.take_path("path", StoreSettings.path)
+    url = r.take("url", str, "").strip()
+    sentinels_raw = r.take("sentinels", list, [])
+    sentinels: list[tuple[str, int]] = []
+    for item in sentinels_raw:
+        host, _, port = item.rpartition(":") if isinstance(item, str) else ("", "", "")
+        if not host or not _is_port(port):
+            raise r.error("sentinels", f"{item!r} is not HOST:PORT")
+        sentinels.append((host.strip("[]"), int(port)))
+    service = r.take("service", str, "").strip()
+    prefix = r.take("prefix", str, StoreSettings.prefix)
+    timeout = r.take_float("timeout", 1.0, 0.05, 30.0)
+    password_file = r.take_path("password_file", "")
+    on_error = r.take_choice("on_error", "accept", ("accept", "tempfail"))
+    if backend == "redis":
+        if bool(url) == bool(sentinels):
+            raise r.error("url" if url else "backend",
+                          "redis needs either url (redis://host:port/db) or sentinels with service")
+        if sentinels and not service:
+            raise r.error("service", "needed with sentinels: the name their master is monitored under")
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise r.error("url", f"{url!r}: expected redis://, rediss:// or unix://")
+    r.finish()
+    return StoreSettings(
+        backend=backend, path=str((base / path).resolve()), url=url, sentinels=tuple(sentinels),
+        service=service, prefix=prefix, timeout=timeout,
+        password_file=str((base / password_file).resolve()) if password_file else "",
+    ), on_error
+
+
+def _greylist_settings(r: _Reader) -> GreylistSettings:
+    delay = r.take_float("delay", 300.0, 0.0, 86400.0)
+    window = r.take_float("retry_window", 2 * 86400.0, 60.0, 30 * 86400.0)
+    lifetime = r.take_float("lifetime", 35 * 86400.0, 3600.0, 400 * 86400.0)
+    auto_allow = r.take_int("auto_allow_after", 5, 0, 1000)
+    by_spf = r.take("by_spf_domain", bool, True)
+    if not delay <= window:
+        raise r.error("retry_window", f"must be at least delay ({delay:g} s), got {window:g}")
+    if not window <= lifetime:
+        raise r.error("lifetime", f"must be at least retry_window ({window:g} s), got {lifetime:g}")
+    r.finish()
+    return GreylistSettings(delay, window, lifetime, auto_allow, by_spf)
+
+
+def _rate_limit(r: _Reader) -> RateLimit:
+    name = r.take("name", str, "")
+    key = r.take_choice("key", "client_ip", RATE_KEYS)
+    if "rate" not in r.table:
+        raise r.error("rate", "missing: how many recipients (or messages) per `per` seconds")
+    rate = r.take_float("rate", 1.0, 0.001, 1e9)
+    per = r.take_float("per", 3600.0, 1.0, 30 * 86400.0)
+    burst = r.take_float("burst", 0.0, 0.0, 1e9)
+    count = r.take_choice("count", "recipients", COUNTS)
+    direction = r.take_choice("direction", "any", DIRECTIONS)
+    r.finish()
+    return RateLimit(name, key, rate, per, burst, count, direction)
+
+
+def _dns_list(r: _Reader) -> DnsList:
+    name = r.take("name", str, "")
+    if "zone" not in r.table:
+        raise r.error("zone", "missing: the list's DNS zone, e.g. zen.spamhaus.org")
+    zone = r.take("zone", str, "")
+    kind = r.take_choice("kind", "ip", KINDS)
+    allow = r.take("allow", bool, False)
+    identities = r.take("identities", list, [])
+    for identity in identities:
+        if identity not in ("helo", "mailfrom", "from"):
+            raise r.error("identities", f"{identity!r} is not one of helo, mailfrom, from")
+    if identities and kind == "ip":
+        raise r.error("identities", "only domain lists (kind = \"domain\") are asked about domains")
+    codes = r.take("codes", dict, {})
+    for code, meaning in codes.items():
+        if not isinstance(meaning, str) or not _MEANING.match(meaning):
+            raise r.error("codes", f"{code}: the meaning must be one lower-case word (letters, digits, "
+                                   f"'_', '-', '.'), as rules write it after the list's name; "
+                                   f"got {meaning!r}")
+    r.finish()
+    try:
+        return DnsList(name, zone, kind, codes, allow, tuple(identities))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise r.error("codes" if "code" in str(e) else "zone", str(e)) from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -281,7 +281,7 @@ class _RuleDraft:
     description: str = ""
     override: str | None = None
     monitor: bool = False
-    stage: Stage = Stage.EOM
+    stage: Stage | None = None  # None: not given (end of message; RCPT TO for greylist rules)
     reply_name: str | None = None
     reply_inline: Reply | None = None
 
@@ -594,7 +594,7 @@ def _finish_rule(
             add("reply", f"unknown reply {d.reply_name!r} (known: {', '.join(sorted(catalogue))})")
             return None
     if given and d.action not in EARLY_ACTIONS:
-        add("reply", f"a reply only applies to reject and tempfail rules, not {d.action.value}")
+        add("reply", f"a reply only applies to reject, tempfail and greylist rules, not {d.action.value}")
         return None
     if reply is None and d.action in EARLY_ACTIONS:
         reply_name = DEFAULT_REPLY[d.action]
@@ -612,7 +612,8 @@ def _finish_rule(
         description=d.description,
         override=d.override,
         monitor=d.monitor,
-        stage=d.stage,
+        stage=d.stage if d.stage is not None else (
+            Stage.RCPT if d.action is Action.GREYLIST else Stage.EOM),
         reply=reply,
         reply_name=reply_name,
         source=d.source,

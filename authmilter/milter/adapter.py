@@ -197,7 +197,9 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.body_size = 0
         self.queue_id = ""
         self.macros: dict[str, str] = {}
-        self.known = replace(self.known, spf=None)
+        # SPF, the DNS lists (they ask about MAIL FROM), greylisting and rate counts belong to one
+        # transaction; iprev and HELO stay for the connection.
+        self.known = replace(self.known, spf=None, dnslists=None, greylist=(), rates=())
 
     def _macro(self, name: str) -> str:
         value = self.getsymval(name)
@@ -212,7 +214,7 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
 
     def _early(self, stage: Stage, rcpt: str | None = None) -> Verdict | None:
         """A refusal at MAIL FROM or RCPT TO, or None; keeps what it worked out for later."""
-        if self.app.policy.earliest_stage > stage:
+        if self.app.policy.earliest_stage > stage and not self.app.policy.counts_rates:
             return None  # no rule can act yet: skip building the envelope for nothing
         envelope = self._envelope(None if rcpt is None else [rcpt])
         verdict, self.known = self.app.early(envelope, stage, rcpt=rcpt, known=self.known,

@@ -12,8 +12,11 @@ from authmilter.core.model import (
     Action,
     DkimResult,
     DmarcResult,
+    DnsListResults,
+    GreylistResult,
     HeloResult,
     IprevResult,
+    RateResult,
     Reply,
     SpfResult,
     Verdict,
@@ -106,6 +109,25 @@ def helo_flags(r: HeloResult) -> str:
     return ",".join(name for name, present in flags if present)
 
 
+def _dnslists(r: DnsListResults | None) -> list[dict[str, Any]]:
+    if r is None:
+        return []
+    return [{"list": x.list_name, "zone": x.zone, "identity": x.identity, "queried": x.queried,
+             "status": x.status, "allow": x.allow, "codes": list(x.codes), "meanings": list(x.meanings),
+             "ignored": list(x.ignored), "reason": x.reason} for x in r.results]
+
+
+def _greylist(g: GreylistResult) -> dict[str, Any]:
+    return {"rcpt": g.rcpt, "state": g.state, "key": g.key or None, "passes": g.passes,
+            "wait": round(g.wait, 1), "error": g.error or None}
+
+
+def _rate(r: RateResult) -> dict[str, Any]:
+    return {"limit": r.limit, "key": r.key, "exceeded": r.exceeded,
+            "tokens_left": round(r.tokens_left, 2), "retry_after": round(min(r.retry_after, 1e9), 1),
+            "error": r.error or None}
+
+
 def _reply(r: Reply | None) -> dict[str, str] | None:
     return None if r is None else {"code": r.code, "status": r.status, "text": r.text}
 
@@ -141,6 +163,9 @@ def verdict_to_dict(v: Verdict) -> dict[str, Any]:
             "domain": res.author.domain, "addresses": list(res.author.addresses),
             "error": res.author.error},
         "dmarc": _dmarc(res.dmarc) if res else None,
+        "dnslists": _dnslists(res.dnslists) if res else [],
+        "greylist": [_greylist(g) for g in res.greylist] if res else [],
+        "ratelimits": [_rate(r) for r in res.rates] if res else [],
         "deleted_headers": [{"name": d.name, "occurrence": d.occurrence} for d in v.header_deletes],
         "errors": [e.strip().splitlines()[-1] for e in v.errors if e.strip()],
     }
@@ -176,6 +201,19 @@ def log_fields(v: Verdict, *, queue_id: str, client_ip: str | None, helo: str,
         if res.dmarc:
             parts.append(("dmarc", res.dmarc.result))
             parts.append(("policy", res.dmarc.policy or "-"))
+        if res.dnslists is not None:
+            listed = [f"{x.list_name}:{x.identity}" for x in res.dnslists.results if x.listed]
+            broken = [f"{x.list_name}:{x.status}" for x in res.dnslists.results
+                      if x.status in ("unusable", "temperror")]
+            if listed:
+                parts.append(("listed", ",".join(dict.fromkeys(listed))))
+            if broken:
+                parts.append(("dnslist_errors", ",".join(dict.fromkeys(broken))))
+        for g in res.greylist:
+            parts.append(("greylist", f"{g.state}:{g.rcpt}"))
+        exceeded = [r.limit for r in res.rates if r.exceeded]
+        if exceeded:
+            parts.append(("ratelimit", ",".join(dict.fromkeys(exceeded))))
     if v.outbound:
         parts.append(("outbound", v.outbound))
     if v.signing is not None:

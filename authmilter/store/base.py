@@ -4,7 +4,8 @@ Greylisting and rate limiting each need exactly one thing from shared state: "lo
 for this key, update it, tell me what it said", done atomically even when several worker
 processes (SQLite) or several MX hosts (Redis) ask about the same key at once. The arithmetic is
 here, in plain functions over plain values, so every store computes the same answers; a store
-only supplies the atomicity (a `BEGIN IMMEDIATE` transaction, a Lua script).
+only supplies the atomicity (a `BEGIN IMMEDIATE` transaction, a Lua script). The interface itself
+is core/stateapi.py, since the core's checks ask a store as they ask DNS.
 
 Time is the caller's `now` (seconds since the epoch, a float): the stores never read a clock for
 the answers, only for housekeeping (Redis TTLs), so tests can step time by hand.
@@ -13,70 +14,22 @@ the answers, only for housekeeping (Redis TTLs), so tests can step time by hand.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Protocol
 
-GreyStateName = Literal["new", "early", "passed", "expired-restart"]
+from authmilter.core.stateapi import GreyState, GreyStateName, RateState, StateStore, StoreError
 
-
-class StoreError(Exception):
-    """The store cannot answer: down, unreachable, timed out, locked too long, full or corrupt.
-
-    The caller decides what that means for the message (usually: do not greylist, do not limit,
-    and say so in the log); the store never guesses."""
-
-
-@dataclass(frozen=True, slots=True)
-class GreyState:
-    """What the greylisting record of a triplet said after this attempt was counted.
-
-    state:
-      "new"              no live record: one was created now (first attempt: defer)
-      "early"            a record exists but `delay` has not yet passed since first_seen (defer)
-      "passed"           retried within [first_seen + delay, first_seen + retry_window], or passed
-                         before and the record is still alive (accept); passes counts these
-      "expired-restart"  never passed and the retry window closed: restarted from now (defer)
-    """
-
-    state: GreyStateName
-    first_seen: float
-    passes: int
-
-    @property
-    def passed(self) -> bool:
-        return self.state == "passed"
-
-
-@dataclass(frozen=True, slots=True)
-class RateState:
-    """The token bucket after this request: allowed (and `cost` tokens taken) or not.
-
-    retry_after is 0.0 when allowed, else the seconds until the bucket holds `cost` tokens
-    (math.inf when cost exceeds the burst and never can)."""
-
-    allowed: bool
-    tokens_left: float
-    retry_after: float
-
-
-class StateStore(Protocol):
-    def greylist(self, key: str, now: float, delay: float, retry_window: float,
-                 lifetime: float) -> GreyState:
-        """Count one attempt of the triplet `key` and answer what its record says (see GreyState).
-
-        A record lives `lifetime` seconds after its last change; once gone the next attempt is
-        "new". Raises StoreError when the store cannot answer, ValueError on nonsense arguments."""
-        ...
-
-    def take_tokens(self, key: str, now: float, rate_per_s: float, burst: float,
-                    cost: float = 1.0) -> RateState:
-        """Refill the bucket `key` (at most `burst` tokens, `rate_per_s` per second) and take
-        `cost` tokens if it holds that many. A missing bucket is a full one."""
-        ...
-
-    def close(self) -> None:
-        ...
-
+__all__ = [
+    "GreyState",
+    "GreyStateName",
+    "RateState",
+    "StateStore",
+    "StoreError",
+    "bucket_step",
+    "check_count_args",
+    "check_grey_args",
+    "check_rate_args",
+    "count_step",
+    "grey_step",
+]
 
 # --- the arithmetic every store shares ------------------------------------------------------------
 
@@ -127,3 +80,21 @@ def bucket_step(record: tuple[float, float] | None, now: float, rate_per_s: floa
         wait = math.inf if cost > burst else (cost - tokens) / rate_per_s
         state = RateState(False, tokens, wait)
     return state, (tokens, now, now + (burst - tokens) / rate_per_s)
+
+
+def count_step(record: tuple[int, float] | None, now: float, add: int,
+               lifetime: float) -> tuple[int, tuple[int, float] | None]:
+    """(value, expires_at) before → the value after adding `add`, and the record to write (None:
+    keep). Adding 0 only reads; adding renews the lifetime."""
+    value = 0 if record is None or now >= record[1] else record[0]
+    if add == 0:
+        return value, None
+    value += add
+    return value, (value, now + lifetime)
+
+
+def check_count_args(add: int, lifetime: float) -> None:
+    if add < 0:
+        raise ValueError(f"a counter only counts up, not by {add}")
+    if not (math.isfinite(lifetime) and lifetime > 0):
+        raise ValueError(f"counter lifetime must be a positive number, not {lifetime}")

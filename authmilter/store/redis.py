@@ -5,8 +5,9 @@ by redis-py's `register_script`), so the read-modify-write is atomic on the serv
 are `grey_step` and `bucket_step` of store/base.py, line by line; numbers cross as strings with
 17 significant digits, since Lua turns a returned float into an integer.
 
-Keys are `<prefix>grey:<key>` and `<prefix>rate:<key>`, hashes with a TTL: `lifetime` for a
-greylisting record, the time until the bucket is full again for a rate bucket. The scripts judge
+Keys are `<prefix>grey:<key>`, `<prefix>rate:<key>` and `<prefix>count:<key>`, hashes with a
+TTL: `lifetime` for a greylisting record and a counter, the time until the bucket is full again
+for a rate bucket. The scripts judge
 expiry by the caller's `now` as well, so the answers do not depend on when Redis reclaims a key.
 """
 
@@ -25,6 +26,7 @@ from authmilter.store.base import (
     GreyStateName,
     RateState,
     StoreError,
+    check_count_args,
     check_grey_args,
     check_rate_args,
 )
@@ -78,6 +80,19 @@ redis.call('PEXPIRE', key, math.max(1, math.ceil((burst - tokens) / rate * 1000)
 return {allowed, num(tokens), wait}
 """
 
+COUNT_LUA = """
+local key = KEYS[1]
+local now, add, lifetime = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local f = redis.call('HMGET', key, 'value', 'expires_at')
+local value, expires = tonumber(f[1]), tonumber(f[2])
+if value == nil or expires == nil or now >= expires then value = 0 end
+if add == 0 then return {tostring(value), '0', '0'} end
+value = value + add
+redis.call('HSET', key, 'value', tostring(value), 'expires_at', string.format('%.17g', now + lifetime))
+redis.call('PEXPIRE', key, math.max(1, math.ceil(lifetime * 1000)))
+return {tostring(value), '0', '0'}
+"""
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -113,6 +128,7 @@ class RedisStore:
             raise StoreError(f"redis: {e}") from e
         self._greylist = self._client.register_script(GREYLIST_LUA)
         self._bucket = self._client.register_script(BUCKET_LUA)
+        self._count = self._client.register_script(COUNT_LUA)
 
     def _run(self, script: Any, key: str, args: list[float]) -> list[Any]:
         try:
@@ -141,6 +157,11 @@ class RedisStore:
                                           [now, rate_per_s, burst, cost])
         retry = math.inf if _text(wait) == "inf" else float(_text(wait))
         return RateState(int(_text(allowed)) == 1, float(_text(tokens)), retry)
+
+    def count(self, key: str, now: float, add: int, lifetime: float) -> int:
+        check_count_args(add, lifetime)
+        value, _, _ = self._run(self._count, self.prefix + "count:" + key, [now, add, lifetime])
+        return int(float(_text(value)))
 
     def close(self) -> None:
         try:

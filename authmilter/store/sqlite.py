@@ -21,13 +21,16 @@ from authmilter.store.base import (
     RateState,
     StoreError,
     bucket_step,
+    check_count_args,
     check_grey_args,
     check_rate_args,
+    count_step,
     grey_step,
 )
 
 PURGE_EVERY = 256  # operations between lazy purges, per process
 PURGE_BATCH = 1000  # rows deleted per table and purge at most
+_TABLES = ("greylist", "buckets", "counters")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS greylist (
@@ -36,6 +39,9 @@ CREATE INDEX IF NOT EXISTS greylist_expires ON greylist (expires_at);
 CREATE TABLE IF NOT EXISTS buckets (
     key TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_at REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS buckets_expires ON buckets (expires_at);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS counters_expires ON counters (expires_at);
 """
 
 
@@ -84,7 +90,7 @@ class SqliteStore:
         return conn
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
-        for table in ("greylist", "buckets"):
+        for table in _TABLES:
             conn.execute(f"DELETE FROM {table} WHERE rowid IN "
                          f"(SELECT rowid FROM {table} WHERE expires_at <= ? LIMIT ?)", (now, PURGE_BATCH))
 
@@ -95,8 +101,8 @@ class SqliteStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.execute("DELETE FROM greylist WHERE expires_at <= ?", (now,))
-                    conn.execute("DELETE FROM buckets WHERE expires_at <= ?", (now,))
+                    for table in _TABLES:
+                        conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -152,6 +158,36 @@ class SqliteStore:
             except sqlite3.Error as e:
                 raise StoreError(f"{self.path}: {e}") from e
             return state
+
+    def count(self, key: str, now: float, add: int, lifetime: float) -> int:
+        check_count_args(add, lifetime)
+        with self._lock:
+            conn = self._connection()
+            try:
+                if add == 0:
+                    # A read needs no write lock: WAL gives it a consistent snapshot.
+                    row = conn.execute("SELECT value, expires_at FROM counters WHERE key = ?",
+                                       (key,)).fetchone()
+                    return count_step(None if row is None else (int(row[0]), float(row[1])),
+                                      now, 0, lifetime)[0]
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute("SELECT value, expires_at FROM counters WHERE key = ?",
+                                       (key,)).fetchone()
+                    value, write = count_step(None if row is None else (int(row[0]), float(row[1])),
+                                              now, add, lifetime)
+                    if write is not None:
+                        conn.execute("INSERT OR REPLACE INTO counters (key, value, expires_at)"
+                                     " VALUES (?, ?, ?)", (key, *write))
+                    self._housekeeping(conn, now)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from e
+            return value
 
     def _housekeeping(self, conn: sqlite3.Connection, now: float) -> None:
         self._ops += 1

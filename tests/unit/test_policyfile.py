@@ -116,7 +116,7 @@ ERRORS = [
     ("reply does not fit reject", RULE + 'reply = { code = "451", status = "4.7.1", text = "later" }\n',
      'p.toml:4: rules."x".reply', "a reject rule needs a 5xx reply, got 451"),
     ("reply on accept", '[[rules]]\nname = "x"\naction = "accept"\nreply = "reject"\n',
-     'p.toml:4: rules."x".reply', "a reply only applies to reject and tempfail rules, not accept"),
+     'p.toml:4: rules."x".reply', "a reply only applies to reject, tempfail and greylist rules, not accept"),
     ("catalogue: bad override", '[replies.dmarc_reject]\nstatus = "4.7.26"\n',
      "p.toml:2: replies.dmarc_reject.status", "class 4 of '4.7.26' does not match the code 550"),
     ("catalogue: new entry incomplete", '[replies.mine]\ntext = "no"\n', "p.toml:1: replies.mine",

@@ -128,6 +128,35 @@ class StoreBehaviour:
             with pytest.raises(ValueError):
                 store.take_tokens("x", T0, rate, burst, cost)
 
+    # --- counters ---
+
+    def test_counter_starts_at_zero_and_counts(self, store: StateStore) -> None:
+        assert store.count("c", T0, 0, LIFE) == 0
+        assert store.count("c", T0, 1, LIFE) == 1
+        assert store.count("c", T0 + 1, 2, LIFE) == 3
+        assert store.count("c", T0 + 2, 0, LIFE) == 3
+
+    def test_reading_a_counter_does_not_renew_it(self, store: StateStore) -> None:
+        store.count("c", T0, 1, 100.0)
+        assert store.count("c", T0 + 99, 0, 100.0) == 1
+        assert store.count("c", T0 + 100, 0, 100.0) == 0
+
+    def test_counting_renews_the_lifetime(self, store: StateStore) -> None:
+        store.count("c", T0, 1, 100.0)
+        store.count("c", T0 + 90, 1, 100.0)
+        assert store.count("c", T0 + 150, 0, 100.0) == 2
+        assert store.count("c", T0 + 190, 1, 100.0) == 1  # expired at 190: starts again
+
+    def test_counters_are_their_own_keys(self, store: StateStore) -> None:
+        store.count("k", T0, 5, LIFE)
+        assert self.grey(store, 0, "k").state == "new"
+        assert store.count("other", T0, 0, LIFE) == 0
+
+    def test_nonsense_count_arguments(self, store: StateStore) -> None:
+        for add, life in ((-1, LIFE), (1, 0.0), (1, math.inf)):
+            with pytest.raises(ValueError):
+                store.count("x", T0, add, life)
+
 
 class TestSqliteBehaviour(StoreBehaviour):
     @pytest.fixture

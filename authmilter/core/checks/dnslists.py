@@ -100,6 +100,8 @@ class DnsList:
     kind: Literal["ip", "domain"] = "ip"
     codes: Mapping[str, str] = field(default_factory=dict, hash=False)
     allow: bool = False
+    # Which identities' domains a domain list is asked about (empty: all); IP lists ignore it.
+    identities: tuple[str, ...] = ()
     _ranges: tuple[_Range, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +165,8 @@ def query_lists(
         if dnslist.kind == "ip":
             subjects: list[tuple[str, str]] = [("ip", client_ip or "")]
         else:
-            subjects = [(identity, domain or "") for identity, domain in domains.items()]
+            subjects = [(identity, domain or "") for identity, domain in domains.items()
+                        if not dnslist.identities or identity in dnslist.identities]
         for identity, subject in subjects:
             name = query_name(dnslist, subject)
             if name is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from authmilter.core.decision.rules import CONDITION_KEYS, EARLY_ACTIONS, Kind, Policy, Rule
 from authmilter.core.model import (
@@ -16,7 +16,10 @@ from authmilter.core.model import (
     Stage,
 )
 
-__all__ = ["decide", "explain"]
+__all__ = ["DEFERRED_STATES", "decide", "explain"]
+
+# Greylisting states in which the recipient must come back later.
+DEFERRED_STATES = frozenset({"new", "early", "expired-restart"})
 
 def decide(policy: Policy, facts: Facts) -> Decision:
     walk = _Walk(policy, facts)
@@ -88,6 +91,8 @@ class _Walk:
             self.hits.append(MonitorHit(rule.name, rule.source, rule.action, rule.reply))
             note("monitor", f"would {rule.action.value}")
             return None
+        if rule.action is Action.GREYLIST and facts.stage is not Stage.MAIL:
+            return self._greylist(rule, note)
         if self.early and not (rule.stage <= facts.stage and rule.action in EARLY_ACTIONS):
             # It matches now and will match again later: nothing after it may act first.
             when = rule.stage.phrase if rule.stage > facts.stage else "end of message"
@@ -96,6 +101,26 @@ class _Walk:
                                  reason=f"deferred: rule {rule.name} acts at {when}")
         note("decided", rule.action.value)
         return self.decision(rule.action, rule=rule, reason=f"rule {rule.name}: {rule.action.value}")
+
+
+    def _greylist(self, rule: Rule, note: Callable[[str, str], None]) -> Decision | None:
+        """A matching greylist rule: at RCPT TO the recipient's greylisting state decides; at end
+        of message it has already acted, for each recipient."""
+        facts = self.facts
+        if not self.early:
+            note("no match", "greylisting acted at RCPT TO")
+            return None
+        states = facts.greylist
+        if not states:
+            # The caller asks the store and walks again with the state in the facts.
+            return self.decision(Action.GREYLIST, rule=rule, reason=f"rule {rule.name}: greylist")
+        state = states[0]
+        if state in DEFERRED_STATES:
+            note("decided", f"greylist: {state}, deferred")
+            return self.decision(Action.TEMPFAIL, rule=rule,
+                                 reason=f"rule {rule.name}: greylisted ({state})")
+        note("no match", f"greylist: {state}, let through")
+        return None
 
 
 def _all(verdicts: Iterable[bool | None]) -> bool | None:

@@ -7,9 +7,12 @@ from collections.abc import Mapping, Sequence
 from authmilter.core.model import (
     ArcHop,
     DkimResult,
+    DnsListResults,
     Facts,
+    GreylistResult,
     HeloResult,
     IprevResult,
+    RateResult,
     Results,
     SpfResults,
     Stage,
@@ -29,6 +32,9 @@ def facts_for(
     rcpt: str | None = None,
     iprev: IprevResult | None = None,
     helo: HeloResult | None = None,
+    dnslists: DnsListResults | None = None,
+    rates: tuple[RateResult, ...] | None = None,
+    greylist: tuple[GreylistResult, ...] | None = None,
 ) -> Facts:
     """The facts known at `stage`. Later-stage facts stay None even if `results` holds them.
 
@@ -36,11 +42,17 @@ def facts_for(
     `iprev` and `helo` are the connection's results worked out early; `results` wins for them
     too. A result not handed in leaves its facts None (not known yet), so a rule on them waits
     rather than guesses.
+    `dnslists`, `rates` and `greylist` are what is known of them so far (results win at end of
+    message); `rates` None means not counted (no rule looks at them), `greylist` None means the
+    store has not been asked for this recipient yet.
     `rcpt` is the recipient being decided at RCPT TO (default: the last of `tx.rcpts`).
     """
     if results is not None:
         iprev = results.iprev or iprev
         helo = results.helo or helo
+        dnslists = results.dnslists or dnslists
+        rates = results.rates or rates
+        greylist = results.greylist or greylist
     spf_results = results.spf if results is not None and results.spf is not None else spf
     spf_result = spf_results.effective.result if spf_results is not None else None
     spf_helo: str | None = None
@@ -105,7 +117,38 @@ def facts_for(
         helo_bare_ip=helo.bare_ip if helo is not None else None,
         helo_literal_mismatch=helo.literal_mismatch if helo is not None else None,
         helo_is_ours=helo.is_ours if helo is not None else None,
+        dnsbl=_listings(dnslists, stage, allow=False),
+        dnswl=_listings(dnslists, stage, allow=True),
+        ratelimit=_exceeded(rates, stage),
+        greylist=_grey_states(greylist, stage),
     )
+
+
+def _listings(dnslists: DnsListResults | None, stage: Stage, *, allow: bool) -> tuple[str, ...] | None:
+    if dnslists is None:
+        return () if stage is Stage.EOM else None  # at the end: no list configured
+    names: dict[str, None] = {}
+    for r in dnslists.allowlisted if allow else dnslists.blocklisted:
+        names[r.list_name] = None
+        for meaning in r.meanings:
+            names[f"{r.list_name}/{meaning}"] = None
+    return tuple(names)
+
+
+def _exceeded(rates: tuple[RateResult, ...] | None, stage: Stage) -> tuple[str, ...] | None:
+    if stage is Stage.MAIL:
+        return None  # recipients are counted from RCPT TO on
+    if rates is None:
+        return () if stage is Stage.EOM else None
+    return tuple(dict.fromkeys(r.limit for r in rates if r.exceeded))
+
+
+def _grey_states(greylist: tuple[GreylistResult, ...] | None, stage: Stage) -> tuple[str, ...] | None:
+    if stage is Stage.MAIL:
+        return None
+    if not greylist:
+        return () if stage is Stage.EOM else None
+    return tuple(dict.fromkeys(g.state for g in greylist))
 
 
 def _arc_facts(results: Results) -> tuple[str, tuple[str, ...]]:

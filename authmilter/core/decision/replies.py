@@ -38,12 +38,16 @@ CATALOGUE: Mapping[str, Reply] = MappingProxyType({
         "550", "5.7.22", "Message rejected: no valid DKIM signature of the domain in its From header"),
     "bad_from": Reply(
         "550", "5.7.1", "Message rejected: the From header must name exactly one author address"),
+    # RFC 6647 section 2.1: a temporary failure the sender's MTA retries; 4.7.1 as postgrey sends.
+    "greylisted": Reply("451", "4.7.1", "Greylisted, please try again later"),
+    "rate_limited": Reply("450", "4.7.1", "Too much mail from you right now, please try again later"),
     # Our own failure to evaluate: never the sender's fault, so always temporary.
     "fail_safe": Reply("451", "4.7.1", "Temporary authentication failure, please try again later"),
 })
 
 # The catalogue entry a reject or tempfail rule gets when it names no reply.
-DEFAULT_REPLY: Mapping[Action, str] = MappingProxyType({Action.REJECT: "reject", Action.TEMPFAIL: "tempfail"})
+DEFAULT_REPLY: Mapping[Action, str] = MappingProxyType({Action.REJECT: "reject", Action.TEMPFAIL: "tempfail",
+                                                        Action.GREYLIST: "greylisted"})
 
 TEXT_MAX = 200
 _CODE = re.compile(r"[45][0-9][0-9]\Z")
@@ -73,7 +77,7 @@ def validate_reply(reply: Reply, action: Action | None = None) -> list[ReplyProb
             "status", f"class {m.group(1)} of {reply.status!r} does not match the code {reply.code}"))
     problems.extend(ReplyProblem("text", reason) for reason in _text_problems(reply.text))
     if action is not None and code_ok:
-        wanted = {Action.REJECT: "5", Action.TEMPFAIL: "4"}.get(action)
+        wanted = {Action.REJECT: "5", Action.TEMPFAIL: "4", Action.GREYLIST: "4"}.get(action)
         if wanted is not None and reply.code[0] != wanted:
             problems.append(ReplyProblem(
                 "", f"a {action.value} rule needs a {wanted}xx reply, got {reply.code}"))

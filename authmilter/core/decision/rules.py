@@ -52,7 +52,7 @@ __all__ = [
 
 # Only refusals happen early: an accepted message must still get its Authentication-Results, and
 # quarantine and discard need the message.
-EARLY_ACTIONS = frozenset({Action.REJECT, Action.TEMPFAIL})
+EARLY_ACTIONS = frozenset({Action.REJECT, Action.TEMPFAIL, Action.GREYLIST})
 
 # RFC 7489 section 6.7 / appendix C PolicyOverrideType values, as DMARC reports carry them.
 OVERRIDES = ("forwarded", "local_policy", "mailing_list", "trusted_forwarder", "sampled_out", "other")
@@ -85,6 +85,7 @@ DMARC_RESULTS = ("pass", "fail", "none", "temperror", "permerror")
 DMARC_POLICIES = ("none", "quarantine", "reject")
 ARC_RESULTS = ("none", "pass", "fail")
 IPREV_RESULTS = ("pass", "fail", "temperror", "permerror", "none")
+GREYLIST_STATES = ("new", "early", "expired-restart", "passed", "auto-allowed", "skipped", "error", "none")
 
 CONDITION_KEYS: Mapping[str, KeySpec] = MappingProxyType({
     "client_ip": KeySpec(Kind.NETWORKS, Stage.MAIL, doc="SMTP client address"),
@@ -119,12 +120,21 @@ CONDITION_KEYS: Mapping[str, KeySpec] = MappingProxyType({
     "helo_literal_mismatch": KeySpec(Kind.FLAG, Stage.MAIL,
                                      doc="HELO names an address that is not the client's"),
     "helo_is_ours": KeySpec(Kind.FLAG, Stage.MAIL, doc="HELO is our own name or address"),
+    "dnsbl": KeySpec(Kind.WORDS, Stage.MAIL,
+                     doc='block lists listing the client or a domain ("name" or "name/meaning"; '
+                         "From-domain lists at end of message)"),
+    "dnswl": KeySpec(Kind.WORDS, Stage.MAIL, doc='allow lists listing the client or a domain ("name" or '
+                                                 '"name/meaning")'),
+    "ratelimit": KeySpec(Kind.WORDS, Stage.RCPT, doc="rate limits this recipient or message exceeds"),
+    "greylist": KeySpec(Kind.CHOICES, Stage.EOM, GREYLIST_STATES,
+                        doc="greylisting state of any recipient (none: no greylist rule acted)"),
 })
 
 # Facts the milter must compute at MAIL FROM for an early rule to see them. The HELO facts need
 # no such list: they cost no lookup, so they are worked out whenever an early rule may act.
 SPF_KEYS = frozenset({"spf", "spf_helo", "temperror", "permerror"})
 IPREV_KEYS = frozenset({"iprev", "iprev_host"})
+LIST_KEYS = frozenset({"dnsbl", "dnswl"})
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007 - a runtime alias
 
@@ -176,8 +186,10 @@ class Condition:
         if isinstance(fact, tuple):
             if self.key == "arc_trusted_sealers":
                 return _trusted_hop_vouches(fact, self.values)
-            if self.key == "dkim":
+            if self.key in ("dkim", "greylist"):
                 return any(r in self.values for r in fact) or (not fact and "none" in self.values)
+            if self.spec.kind is Kind.WORDS:
+                return any(r in self.values for r in fact)
             return any(_name_matches(d, self.values) for d in fact)  # rcpt_domain: any recipient
         if self.spec.kind is Kind.NETWORKS:
             return _ip_in(fact, self.networks)
@@ -334,6 +346,10 @@ class Rule:
     def needs_iprev(self) -> bool:
         return any(c.key in IPREV_KEYS for c in self.when)
 
+    @property
+    def needs_lists(self) -> bool:
+        return any(c.key in LIST_KEYS for c in self.when)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -367,6 +383,20 @@ class Policy:
         return any(r.needs_iprev for r in self._walked_early)
 
     @functools.cached_property
+    def needs_early_lists(self) -> bool:
+        """Whether the milter must ask the DNS lists at MAIL FROM, for the reason SPF may be."""
+        return any(r.needs_lists for r in self._walked_early)
+
+    @functools.cached_property
+    def counts_rates(self) -> bool:
+        """Whether any rule looks at rate limits: only then are buckets counted at all."""
+        return any(c.key == "ratelimit" for r in self.rules for c in r.when)
+
+    @functools.cached_property
+    def greylists(self) -> bool:
+        return any(r.action is Action.GREYLIST for r in self.rules)
+
+    @functools.cached_property
     def _walked_early(self) -> tuple[Rule, ...]:
         """The rules an early walk may have to decide: those up to the last one that acts early
         (monitored ones are skipped early, so what they look at is never needed then)."""
@@ -382,6 +412,8 @@ EMPTY_POLICY = Policy()
 def rule_problems(rule: Rule) -> list[tuple[str, str]]:
     """(key within the rule, reason) for a well-typed rule that cannot work as written."""
     problems: list[tuple[str, str]] = []
+    if rule.action is Action.GREYLIST and rule.stage is not Stage.RCPT:
+        problems.append(("stage", "greylisting acts at RCPT TO (stage \"rcpt\"), for each recipient"))
     if rule.stage < Stage.EOM:
         if rule.action not in EARLY_ACTIONS:
             problems.append(("stage", f'stage "{rule.stage.value}" only applies to reject and tempfail '
@@ -419,8 +451,8 @@ def unreachable(rules: Sequence[Rule]) -> list[tuple[int, int]]:
     for j, later in enumerate(rules):
         for i in range(j):
             earlier = rules[i]
-            if earlier.monitor:
-                continue
+            if earlier.monitor or earlier.action is Action.GREYLIST:
+                continue  # a greylist rule lets every retry that passes go on down the rules
             if all((lc := later.condition(c.key)) is not None and c.covers(lc) for c in earlier.when):
                 found.append((j, i))
                 break

@@ -16,6 +16,9 @@ class Action(enum.Enum):
     TEMPFAIL = "tempfail"
     QUARANTINE = "quarantine"
     DISCARD = "discard"
+    # A rule action only, never a verdict's: at RCPT TO it becomes a tempfail or lets the
+    # recipient through, by what the greylisting store says (core/evaluate.py asks it).
+    GREYLIST = "greylist"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,14 @@ class Facts:
     helo_bare_ip: bool | None = None
     helo_literal_mismatch: bool | None = None
     helo_is_ours: bool | None = None
+    # DNS lists: the names of the block (dnsbl) and allow (dnswl) lists that list the client or a
+    # domain of the message, each also as "name/meaning" for every meaning its codes have.
+    dnsbl: tuple[str, ...] | None = None
+    dnswl: tuple[str, ...] | None = None
+    # The rate limits this recipient (or message) exceeded; () when none.
+    ratelimit: tuple[str, ...] | None = None
+    # Greylisting state of the recipient at hand (RCPT TO) or of each recipient (end of message).
+    greylist: tuple[str, ...] | None = None
 
     def value(self, key: str) -> FactValue:
         if key not in _FACT_NAMES:
@@ -125,8 +136,8 @@ class Facts:
             return "true" if value else "false"
         if isinstance(value, tuple):
             if not value:
-                return {"dkim": "(no signatures)", "arc_trusted_sealers": "(no passing ARC chain)"}.get(
-                    key, "(none)")
+                return {"dkim": "(no signatures)", "arc_trusted_sealers": "(no passing ARC chain)",
+                        "greylist": "(not greylisted)"}.get(key, "(none)")
             return ", ".join(v or "(none)" for v in value)
         return value or "(none)"
 

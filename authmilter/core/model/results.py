@@ -211,13 +211,52 @@ class DnsListResults:
 
 
 @dataclass(frozen=True)
+class GreylistResult:
+    """What greylisting (core/checks/greylist.py) said about one recipient at RCPT TO.
+
+    state: new | early | expired-restart (the attempt is deferred) | passed | auto-allowed (the
+    client passed often enough that it is no longer greylisted) | skipped (authenticated
+    sender) | error (the store could not answer; `deferred` then follows the operator's choice).
+    """
+
+    rcpt: str
+    state: str
+    key: str = ""  # the triplet as stored; "" when the store was not asked
+    first_seen: float = 0.0
+    passes: int = 0
+    wait: float = 0.0  # seconds until a retry can pass (deferred states only)
+    error: str = ""
+
+    @property
+    def deferred(self) -> bool:
+        return self.state in ("new", "early", "expired-restart")
+
+
+@dataclass(frozen=True)
+class RateResult:
+    """One rate limit's token bucket after this recipient or message was counted."""
+
+    limit: str  # the operator's name for the limit
+    key: str  # the bucket, e.g. "client_ip 192.0.2.1"
+    exceeded: bool
+    tokens_left: float = 0.0
+    retry_after: float = 0.0  # seconds until it would be allowed again; 0 when allowed
+    error: str = ""  # the store could not answer: not counted, so never exceeded
+    rcpt: str = ""  # the recipient counted; "" for a limit counting messages
+
+
+@dataclass(frozen=True)
 class EarlyResults:
     """Results worked out before end of message, for the caller to keep and hand back so that no
-    check runs twice: SPF belongs to one transaction, iprev and HELO to the whole connection."""
+    check runs twice: SPF and the DNS lists belong to one transaction, iprev and HELO to the
+    whole connection; greylisting and rate limits are counted once per recipient."""
 
     spf: SpfResults | None = None
     iprev: IprevResult | None = None
     helo: HeloResult | None = None
+    dnslists: DnsListResults | None = None
+    greylist: tuple[GreylistResult, ...] = ()
+    rates: tuple[RateResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -229,3 +268,6 @@ class Results:
     arc: ArcResult | None = None  # None when ARC was not evaluated
     iprev: IprevResult | None = None  # None when not evaluated
     helo: HeloResult | None = None
+    dnslists: DnsListResults | None = None  # None when no list is configured
+    greylist: tuple[GreylistResult, ...] = ()  # per recipient, as decided at RCPT TO
+    rates: tuple[RateResult, ...] = ()
