@@ -83,10 +83,11 @@ class _Process:
         return (f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n"
                 f"dir {self.dir}\nlogfile {self.log}\n")
 
-    def start(self) -> Self:
+    def start(self, port: int = 0) -> Self:
+        """On a free port, or on `port` (to bring a stopped server back where clients look)."""
         problem = ""
-        for _ in range(START_ATTEMPTS):
-            self.port = free_port()
+        for _ in range(1 if port else START_ATTEMPTS):
+            self.port = port or free_port()
             conf = self.dir / f"{self.name}.conf"
             conf.write_text(self.config())
             self.process = subprocess.Popen([str(self.binary), str(conf)], stdin=subprocess.DEVNULL,
