@@ -4,7 +4,8 @@ Everything that touches the network for DNS lives here, outside `core/`, so the 
 Two pieces:
 
 * `DnsResolver` asks the configured (or system) recursive resolvers and maps every outcome to a
-  `DnsAnswer`; it never raises.
+  `DnsAnswer`; it never raises. `query_many` asks independent lookups at once, on a small thread
+  pool shared by every milter thread.
 * `DnsCache` is our own TTL cache of finished `DnsAnswer`s, shared by every milter thread.
   dnspython's cache is switched off: it gives SOA-less negative answers a default TTL (we keep
   none), has no TTL cap, and runs on wall-clock time that tests cannot move.
@@ -13,11 +14,13 @@ Two pieces:
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +61,18 @@ CNAME_LOOP = DnsAnswer(DnsStatus.NODATA, error="CNAME loop")
 _DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _MAX_ERROR = 200
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?\Z")
+
+# Guards the lazy creation of every resolver's thread pool. Replaced in a forked child: a thread
+# of the parent may have held it at fork() time, and that thread does not exist in the child.
+_pool_lock = threading.Lock()
+
+
+def _new_pool_lock() -> None:
+    global _pool_lock
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_pool_lock)
 
 
 def dns_name(name: str) -> dns.name.Name | None:
@@ -171,6 +186,13 @@ class DnsCache:
             answer, expires = entry
         return DnsAnswer(answer.status, answer.records, math.ceil(expires - now), answer.error)
 
+    def contains(self, name: str, rdtype: str) -> bool:
+        """Whether `get` would answer now; counts neither a hit nor a miss."""
+        key = self.key(name, rdtype)
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry[1] > self._clock()
+
     def put(self, name: str, rdtype: str, answer: DnsAnswer) -> bool:
         """Remember `answer` for min(answer.ttl, max_ttl) seconds; False when it is not cacheable."""
         lifetime = min(answer.ttl, self.max_ttl)
@@ -242,6 +264,31 @@ def _is_cname_loop(qname: dns.name.Name, exc: dns.resolver.NoNameservers) -> boo
     )
 
 
+def _cache_key(name: str) -> tuple[str, dns.name.Name | None] | None:
+    """The name as `DnsResolver` caches it, and its dnspython Name if that was needed to find
+    out; None when the name cannot be one."""
+    if _PLAIN_NAME.match(name):
+        # The common case, checked cheaply: for letters, digits, "-" and "_" between single dots
+        # the cache key is the name itself, lower-cased, so a hit needs no dnspython Name.
+        return name.lower().removesuffix("."), None
+    qname = dns_name(name)
+    if qname is None:
+        return None
+    return qname.to_text(omit_final_dot=True), qname
+
+
+def _submit(
+    pool: ThreadPoolExecutor | None, query: Callable[[str, str], DnsAnswer], pair: tuple[str, str]
+) -> Future[DnsAnswer] | None:
+    """`query(*pair)` on `pool`; None when the caller must ask it itself."""
+    if pool is None:
+        return None
+    try:
+        return pool.submit(query, *pair)
+    except Exception:  # shut down meanwhile (close(), interpreter exit), or no thread to start
+        return None
+
+
 def _temperror(error: str) -> DnsAnswer:
     return DnsAnswer(DnsStatus.TEMPERROR, error=error[:_MAX_ERROR])
 
@@ -260,6 +307,11 @@ class DnsResolver:
     Thread-safe: the dnspython resolver is configured once here and never changed afterwards, and
     its `resolve` keeps all per-query state in a fresh object, so every milter thread can share it.
     Concurrent misses on one name each ask the network; correctness does not need them merged.
+
+    `query_many` asks a batch of independent lookups at once, so the batch takes as long as its
+    slowest lookup. The lookups run on one thread pool per resolver, made on first use and shared
+    by every caller; a process forked from this one makes its own on first use. `close()` shuts
+    the pool down.
     """
 
     def __init__(
@@ -269,6 +321,9 @@ class DnsResolver:
         timeout: float = 5.0,
         cache: DnsCache | None = None,
         observer: Callable[[str, float, DnsStatus], None] | None = None,
+        *,
+        max_parallel: int = 16,
+        pool_threads: int = 32,
     ) -> None:
         """`nameservers`: IP addresses; empty means those of /etc/resolv.conf.
 
@@ -279,9 +334,19 @@ class DnsResolver:
         dnspython sleeps a short back-off (0.1 s, then 0.2 s) before asking the same servers
         again and only then notices the lifetime is spent, so a dead server is reported up to
         0.2 s after `timeout`.
+
+        `max_parallel`: how many lookups of one `query_many` call run at once. `pool_threads`: the
+        size of the thread pool all `query_many` calls share; lookups beyond it wait their turn.
         """
+        if max_parallel < 1 or pool_threads < 1:
+            raise ValueError("max_parallel and pool_threads must be at least 1")
         self.cache = cache
         self.observer = observer
+        self.max_parallel = max_parallel
+        self.pool_threads = pool_threads
+        # (pid, pool) in one attribute, so that reading both needs no lock.
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+        self._closed = False
         if nameservers:
             stub = dns.resolver.Resolver(configure=False)
             stub.nameservers = list(nameservers)
@@ -304,16 +369,10 @@ class DnsResolver:
 
     def query(self, name: str, rdtype: str) -> DnsAnswer:
         rdtype = rdtype.upper()
-        qname: dns.name.Name | None = None
-        if _PLAIN_NAME.match(name):
-            # The common case, checked cheaply: for letters, digits, "-" and "_" between single dots
-            # the cache key is the name itself, lower-cased, so a hit needs no dnspython Name.
-            key = name.lower().removesuffix(".")
-        else:
-            qname = dns_name(name)
-            if qname is None:
-                return INVALID_NAME
-            key = qname.to_text(omit_final_dot=True)
+        found = _cache_key(name)
+        if found is None:
+            return INVALID_NAME
+        key, qname = found
         if self.cache is not None:
             cached = self.cache.get(key, rdtype)
             if cached is not None:
@@ -331,6 +390,83 @@ class DnsResolver:
         if self.cache is not None:
             self.cache.put(key, rdtype, answer)
         return answer
+
+    def query_many(self, queries: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DnsAnswer]:
+        """`query` for every (name, rdtype) pair, the lookups at once; keyed by the pairs as given.
+
+        Pairs that `query` treats as one lookup (the same name in another case, with or without a
+        final dot) are asked once. Never raises; returns when every pair is answered.
+        """
+        answers: dict[tuple[str, str], DnsAnswer] = {}
+        # One lookup per cache key, remembering every spelling of it that was asked for.
+        spellings: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        seen: set[tuple[str, str]] = set()
+        for pair in queries:
+            if pair in seen:
+                continue
+            seen.add(pair)
+            found = _cache_key(pair[0])
+            if found is None or (self.cache is not None and self.cache.contains(found[0], pair[1])):
+                answers[pair] = self.query(*pair)  # no network: not worth a thread hop
+            else:
+                spellings.setdefault((found[0], pair[1].upper()), []).append(pair)
+        asked = self._ask_all([same[0] for same in spellings.values()])
+        for same in spellings.values():
+            for pair in same:
+                answers[pair] = asked[same[0]]
+        return answers
+
+    def _ask_all(self, pending: list[tuple[str, str]]) -> dict[tuple[str, str], DnsAnswer]:
+        pool = self._executor() if len(pending) > 1 else None
+        answers: dict[tuple[str, str], DnsAnswer] = {}
+        waiting = iter(pending)
+        running: dict[Future[DnsAnswer], tuple[str, str]] = {}
+        while True:
+            # At most max_parallel of this call in flight, so that one batch cannot take the
+            # whole pool every connection shares.
+            for pair in waiting:
+                future = _submit(pool, self.query, pair)
+                if future is None:
+                    answers[pair] = self.query(*pair)
+                else:
+                    running[future] = pair
+                if len(running) >= self.max_parallel:
+                    break
+            if not running:
+                return answers
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                pair = running.pop(future)
+                try:
+                    answers[pair] = future.result()
+                except Exception as exc:  # only an overridden query can raise
+                    answers[pair] = _temperror(f"{type(exc).__name__}: {exc}")
+
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """This process's pool, made on first use; None once closed."""
+        pid = os.getpid()
+        current = self._pool
+        if current is not None and current[0] == pid:
+            return current[1]
+        with _pool_lock:
+            if self._closed:
+                return None
+            current = self._pool
+            if current is None or current[0] != pid:
+                # A pool inherited over fork() has none of its threads here; it is dropped, not
+                # shut down, since its locks may be held by threads that did not come along.
+                pool = ThreadPoolExecutor(max_workers=self.pool_threads, thread_name_prefix="dns")
+                current = self._pool = (pid, pool)
+            return current[1]
+
+    def close(self) -> None:
+        """Shut the pool down, waiting for lookups already started; `query_many` then asks one
+        after another in the calling thread. Idempotent."""
+        with _pool_lock:
+            self._closed = True
+            current, self._pool = self._pool, None
+        if current is not None and current[0] == os.getpid():
+            current[1].shutdown(wait=True)
 
     def _ask(self, qname: dns.name.Name, rdtype: str) -> DnsAnswer:
         try:

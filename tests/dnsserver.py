@@ -13,6 +13,12 @@ on top of those this server has faults only a network server can show, set per n
     server.set_fault("_dmarc.example.org", "stall", delay=3.0)  # the real answer, 3 s late
     server.set_fault("example.org", "truncate")                 # UDP: TC=1 and no records; TCP: real
 
+And one for the whole server, to make lookups slow enough that asking them at once shows:
+
+    server.set_delay_all(0.2)   # every answer (faults' answers too) 0.2 s late; None or 0: off
+
+A name's own "stall" delay takes precedence over it; `clear_faults()` turns it off too.
+
 A late answer does not hold up anything else: it waits in a queue while other queries are
 answered. `released(name)` tells when late answers for a name went out (time.monotonic()).
 
@@ -77,6 +83,7 @@ class DnsServer(ZoneData):
         self._late: list[tuple[float, int, bytes, tuple[str, int], str]] = []
         self._late_seq = 0
         self._released: dict[str, list[float]] = {}
+        self._delay_all = 0.0
 
     # -- faults only a server can show ---------------------------------------------------
 
@@ -91,9 +98,17 @@ class DnsServer(ZoneData):
                 self._server_faults[key] = (fault, delay)
         super().set_fault(name, None if fault in SERVER_FAULTS else fault)
 
+    def set_delay_all(self, seconds: float | None) -> None:
+        """Send every answer `seconds` late (at most MAX_DELAY); None or 0 answers at once again."""
+        if seconds is not None and not 0 <= seconds <= MAX_DELAY:
+            raise ValueError(f"delay must be between 0 and {MAX_DELAY} s")
+        with self._server_lock:
+            self._delay_all = seconds or 0.0
+
     def clear_faults(self) -> None:
         with self._server_lock:
             self._server_faults.clear()
+            self._delay_all = 0.0
         super().clear_faults()
 
     def _server_fault(self, name: dns.name.Name) -> tuple[str, float | None] | None:
@@ -257,11 +272,15 @@ class DnsServer(ZoneData):
         """What to send back for query `wire` (None: stay silent), how many seconds late, and
         the queried name. Never raises."""
         try:
-            return self._answer(wire, transport)
+            reply, delay, name = self._answer(wire, transport)
         except Exception:
             # A bug in here must not take the server down with it; show it and carry on.
             traceback.print_exc()
             return None, 0.0, ""
+        if reply is not None and not delay:
+            with self._server_lock:
+                delay = self._delay_all
+        return reply, delay, name
 
     def _answer(self, wire: bytes, transport: str) -> tuple[bytes | None, float, str]:
         try:

@@ -19,6 +19,7 @@ Record shapes in `DnsAnswer.records`, by type:
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,3 +51,24 @@ class Resolver(Protocol):
     def query(self, name: str, rdtype: str) -> DnsAnswer:
         """Look up `name` (no trailing dot needed) for `rdtype` ("TXT", "A", "AAAA", "MX", "PTR")."""
         ...
+
+
+def query_many(dns: Resolver, queries: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DnsAnswer]:
+    """Every (name, rdtype) pair answered, keyed by the pair as given; each distinct pair asked once.
+
+    A resolver with a `query_many` of this signature (the product's asks the lookups at once) is
+    left to it; any other `Resolver` is asked one pair after another.
+    """
+    answers: dict[tuple[str, str], DnsAnswer]
+    many = getattr(dns, "query_many", None)
+    if callable(many):
+        answers = many(queries)
+        return answers
+    answers = {}
+    for name, rdtype in queries:
+        if (name, rdtype) not in answers:
+            try:
+                answers[(name, rdtype)] = dns.query(name, rdtype)
+            except Exception as exc:  # rule 1 holds for a batch too, whatever the resolver does
+                answers[(name, rdtype)] = DnsAnswer(DnsStatus.TEMPERROR, error=f"{type(exc).__name__}: {exc}")
+    return answers
