@@ -58,6 +58,7 @@ from authmilter.core.model import (
     Verdict,
 )
 from authmilter.core.names import normalize_domain
+from authmilter.core.prefetch import prefetch
 from authmilter.core.signing.arc import seal_message
 from authmilter.core.signing.dkim import (
     EMPTY_SIGNING,
@@ -151,6 +152,13 @@ def early_verdict(
     if policy.earliest_stage > stage:
         return None, known
     try:
+        want_spf = known.spf is None and policy.needs_early_spf
+        want_iprev = known.iprev is None and policy.needs_early_iprev
+        want_lists = known.dnslists is None and bool(settings.dnslists) and policy.needs_early_lists
+        if want_spf + want_iprev + want_lists > 1 or (want_lists and len(settings.dnslists) > 1):
+            # Independent lookups: ask them at once rather than one check after another.
+            dns = prefetch(tx, dns, known=known, lists=settings.dnslists if want_lists else (),
+                           spf_helo=settings.spf_check_helo, eom=False, iprev=want_iprev, spf=want_spf)
         if known.spf is None and policy.needs_early_spf:
             known = replace(known, spf=_spf(tx, dns, settings))
         if known.iprev is None and policy.needs_early_iprev:
@@ -317,6 +325,7 @@ def run_checks(
 ) -> Results:
     """Every check of core.checks on one message, in the order their inputs need; those `known`
     already are not run again. `authserv_id` is one of our names for the HELO check."""
+    dns = prefetch(tx, dns, known=known, lists=settings.dnslists, spf_helo=settings.spf_check_helo)
     iprev = known.iprev or _iprev(tx, dns)
     helo = known.helo or _helo(tx, authserv_id)
     spf = known.spf or _spf(tx, dns, settings)
