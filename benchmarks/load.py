@@ -36,8 +36,8 @@ from typing import Any
 
 import dkim
 
+from benchmarks import antispam, procstat, pyspy
 from benchmarks import corpus as corpus_mod
-from benchmarks import procstat, pyspy
 from benchmarks.checks import InboundCheck, SignatureCheck, check_inbound, check_signatures, read_log
 from benchmarks.driver import PhaseResult, PhaseSpec, parse_authentication_results, run_phase, summarize_dkim
 from benchmarks.mta import Envelope, Prepared, converse, prepare
@@ -68,7 +68,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="passed to the milter as `workers = N` (left out when not given)")
     p.add_argument("--socket", choices=("inet", "unix"), default="inet",
                    help="the milter listens on 127.0.0.1 (inet, default) or on a unix socket")
-    p.add_argument("--scenario", choices=("inbound", "outbound", "both", "none"), default="both",
+    p.add_argument("--scenario", choices=("inbound", "outbound", "both", "antispam", "all", "none"),
+                   default="both",
                    help="verify incoming mail, sign our users' mail, both (default), or none (with "
                         "--big-message-mb alone)")
     p.add_argument("--warmup", type=int, default=100,
@@ -288,7 +289,7 @@ class Run:
     signing: Path
     socket_kind: str
 
-    def milter(self, name: str) -> Milter:
+    def milter(self, name: str, extra: str = "") -> Milter:
         config = self.rundir / f"authmilter-{name}.toml"
         address: tuple[str, int] | str
         if self.socket_kind == "unix":
@@ -299,7 +300,7 @@ class Run:
             spec, address = f"inet:{port}@127.0.0.1", ("127.0.0.1", port)
         write_config(config, socket_spec=spec, dns_port=self.dns.port,
                      authserv_id=self.corpus.manifest["authserv_id"], signing=self.signing,
-                     workers=self.args.workers)
+                     workers=self.args.workers, extra=extra)
         return Milter(config, self.rundir / f"milter-{name}.log", address)
 
 
@@ -311,14 +312,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_scenario(run: Run, name: str, messages: list[Prepared], *, keep_signatures: bool) -> ScenarioResult:
+def run_scenario(run: Run, name: str, messages: list[Prepared], *, keep_signatures: bool,
+                 extra: str = "", warmup: int | None = None) -> ScenarioResult:
     args = run.args
-    milter = run.milter(name).start()
+    milter = run.milter(name, extra).start()
     tag = name[0].upper()
+    warmup = args.warmup if warmup is None else warmup
     try:
         warm = None
-        if args.warmup:
-            spec = PhaseSpec(tag=f"W{tag}", count=args.warmup, duration=None, processes=args.processes,
+        if warmup:
+            spec = PhaseSpec(tag=f"W{tag}", count=warmup, duration=None, processes=args.processes,
                              threads=args.concurrency, timeout=args.timeout, quickack=not args.no_quickack,
                              no_reply=not args.no_noreply)
             warm = run_phase(spec, messages, milter.address, milter_pid=milter.pid, dns_pid=run.dns.pid)
@@ -565,7 +568,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{f', workers={args.workers}' if args.workers is not None else ''}", flush=True)
 
     rundir = Path(tempfile.mkdtemp(prefix="authmilter-bench-"))
-    dns = DnsServer([corpus.path / z for z in manifest["zones"]], rundir / "dnsserver.log")
+    zones = [corpus.path / z for z in manifest["zones"]]
+    if args.scenario in ("antispam", "all"):
+        zones += antispam.write_zones(rundir, manifest)
+    dns = DnsServer(zones, rundir / "dnsserver.log")
     results: list[ScenarioResult] = []
     figures: dict[str, dict[str, Any]] = {}
     big = None
@@ -574,14 +580,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         signing = rundir / "signing.toml"
         write_signing(signing, corpus.path, manifest["outbound"], ed25519=args.sign_ed25519)
         run = Run(args, corpus, rundir, dns, signing, args.socket)
-        if args.scenario in ("inbound", "both"):
+        if args.scenario in ("inbound", "both", "all"):
             print("inbound: running", flush=True)
             messages = inbound_messages(manifest, raws)
             r = run_scenario(run, "inbound", messages, keep_signatures=False)
             log = read_log(Path(r.extra["milter_log"]).read_text(errors="replace"))
             r.inbound = check_inbound(r.phase.records, manifest, log, "I")
             results.append(r)
-        if args.scenario in ("outbound", "both"):
+        if args.scenario in ("antispam", "all"):
+            print("antispam: running (warm-up: the whole corpus once, so that greylisting passes)",
+                  flush=True)
+            messages = inbound_messages(manifest, raws)
+            r = run_scenario(run, "antispam", messages, keep_signatures=False,
+                             extra=antispam.config_extra(rundir), warmup=len(messages))
+            log = read_log(Path(r.extra["milter_log"]).read_text(errors="replace"))
+            r.inbound = check_inbound(r.phase.records, manifest, log, "A")
+            results.append(r)
+        if args.scenario in ("outbound", "both", "all"):
             print("outbound: running", flush=True)
             messages, stripped = outbound_messages(manifest, raws)
             r = run_scenario(run, "outbound", messages, keep_signatures=True)

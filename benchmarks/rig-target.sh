@@ -16,6 +16,8 @@ dns_port=${2:-5354}
 log="$MAILBENCH_RUN/authmilter-dns-$dns_port.log"
 zones=()
 for z in "$MAILBENCH_CORPUS"/zones/*.zone; do zones+=(--zone "$z"); done
+# The DNS lists of rig-antispam.toml (names nobody else asks for).
+for z in benchmarks/rig-zones/*.zone; do zones+=(--zone "$z"); done
 : > "$log"
 ( setsid .venv/bin/python -m tests.dnsserver "${zones[@]}" --port "$dns_port" >> "$log" 2>&1 < /dev/null & echo $! > "$log.pid" )
 dns_pid=$(cat "$log.pid")

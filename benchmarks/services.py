@@ -102,7 +102,7 @@ def write_signing(path: Path, corpus_dir: Path, outbound: dict[str, object], *, 
 
 
 def write_config(path: Path, *, socket_spec: str, dns_port: int, authserv_id: str, signing: Path | None,
-                 workers: int | str | None) -> None:
+                 workers: int | str | None, extra: str = "") -> None:
     """Production defaults (info logging, the shipped policy) with the DNS of the benchmark.
 
     JSON log lines carry each message's results, which is how the benchmark learns them for
@@ -113,13 +113,17 @@ def write_config(path: Path, *, socket_spec: str, dns_port: int, authserv_id: st
         f'authserv_id = "{authserv_id}"',
         'log_level = "info"',
         'log_format = "json"',
-        f'policy = ["{POLICY}"]',
     ]
+    if not extra:
+        lines.append(f'policy = ["{POLICY}"]')
     if signing is not None:
         lines.append(f'signing = "{signing}"')
     if workers is not None:
         # Only when asked for: an authmilter without the worker pool refuses the unknown key.
         lines.append(f'workers = "{workers}"' if isinstance(workers, str) else f"workers = {workers}")
+    if extra:
+        # Its own `policy` line first, then its tables: after them only [dns] follows.
+        lines.append(extra)
     lines += ["", "[dns]", 'nameservers = ["127.0.0.1"]', f"port = {dns_port}", "timeout = 2.0"]
     path.write_text("\n".join(lines) + "\n")
 
