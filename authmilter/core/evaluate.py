@@ -152,13 +152,15 @@ def early_verdict(
     if policy.earliest_stage > stage:
         return None, known
     try:
-        want_spf = known.spf is None and policy.needs_early_spf
-        want_iprev = known.iprev is None and policy.needs_early_iprev
-        want_lists = known.dnslists is None and bool(settings.dnslists) and policy.needs_early_lists
-        if want_spf + want_iprev + want_lists > 1 or (want_lists and len(settings.dnslists) > 1):
-            # Independent lookups: ask them at once rather than one check after another.
-            dns = prefetch(tx, dns, known=known, lists=settings.dnslists if want_lists else (),
-                           spf_helo=settings.spf_check_helo, eom=False, iprev=want_iprev, spf=want_spf)
+        needs_dns = ((known.spf is None and (policy.needs_early_spf or policy.greylists))
+                     or (known.iprev is None and policy.needs_early_iprev)
+                     or (known.dnslists is None and bool(settings.dnslists) and policy.needs_early_lists))
+        if needs_dns and stage is Stage.MAIL:
+            # Once a lookup must wait for DNS this early, ask everything the envelope will need
+            # (iprev, SPF and the lists at end of message, if not sooner) at once: the answers
+            # land in the resolver's cache, and the later stages find them there.
+            dns = prefetch(tx, dns, known=known, lists=settings.dnslists,
+                           spf_helo=settings.spf_check_helo, eom=False)
         if known.spf is None and policy.needs_early_spf:
             known = replace(known, spf=_spf(tx, dns, settings))
         if known.iprev is None and policy.needs_early_iprev:
