@@ -416,6 +416,17 @@ class DnsResolver:
                 answers[pair] = asked[same[0]]
         return answers
 
+    def uncached(self, queries: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The pairs the cache cannot answer now (all of them without a cache), in order."""
+        if self.cache is None:
+            return list(queries)
+        out: list[tuple[str, str]] = []
+        for name, rdtype in queries:
+            found = _cache_key(name)
+            if found is not None and not self.cache.contains(found[0], rdtype):
+                out.append((name, rdtype))
+        return out
+
     def _ask_all(self, pending: list[tuple[str, str]]) -> dict[tuple[str, str], DnsAnswer]:
         pool = self._executor() if len(pending) > 1 else None
         answers: dict[tuple[str, str], DnsAnswer] = {}

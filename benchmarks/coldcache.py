@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        cache=DnsCache())
                 before = server.total_queries()
                 started = time.perf_counter()
-                evaluate_transaction(tx, resolver, settings, manifest["authserv_id"], policy, store=store)
+                evaluate_transaction(tx, resolver, settings, manifest["authserv_id"], policy,
+                                     store=store)
                 walls.append(time.perf_counter() - started)
                 lookups.append(server.total_queries() - before)
                 resolver.close()
