@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.set_delay_all(args.delay)
     store = SqliteStore(work / "state.db")
     picked = list(zip(manifest["messages"], corpus.messages, strict=True))[: args.n]
-    print(f"{len(picked)} messages, every DNS answer {args.delay * 1000:.0f} ms late, empty cache per message; "
-          f"iprev, SPF, DKIM, ARC, DMARC, 2 DNS lists, greylisting (SQLite)")
+    print(f"{len(picked)} messages, every DNS answer {args.delay * 1000:.0f} ms late, "
+          f"empty cache per message; iprev, SPF, DKIM, ARC, DMARC, 2 DNS lists, greylisting (SQLite)")
     real_prefetch = evaluate_mod.prefetch
     try:
         for mode in ("batched", "one by one"):

@@ -167,8 +167,11 @@ def early_verdict(
             known = replace(known, iprev=_iprev(tx, dns))
         if known.helo is None:
             known = replace(known, helo=_helo(tx, authserv_id))
-        if known.dnslists is None and settings.dnslists and policy.needs_early_lists:
-            known = replace(known, dnslists=_lists(tx, dns, settings, known.helo))
+        if known.dnslists is None and policy.needs_early_lists:
+            # With no list configured nothing is listed: a known fact, so that a rule on it does
+            # not hold back the early rules after it.
+            lists = _lists(tx, dns, settings, known.helo) if settings.dnslists else DnsListResults(())
+            known = replace(known, dnslists=lists)
         # At RCPT TO the facts count this recipient's buckets and those of the whole message.
         rates = _rates_for(known.rates, fresh, stage) if policy.counts_rates else None
 

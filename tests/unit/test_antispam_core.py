@@ -402,3 +402,23 @@ action = "reject"
     final = evaluate_transaction(t, dns, settings, AUTHSERV, p, now=T0)
     assert dns.query_count("10.2.0.192.zen.example", "A") == 2  # once per call, not per stage
     assert final.results.dnslists is not None  # type: ignore[union-attr]
+
+
+def test_list_rules_without_lists_configured_do_not_hold_back_early_rules() -> None:
+    # The example policy's allow-list exception comes first; with no [[dnslist]] configured its
+    # fact is "nothing listed", not "unknown", so the rule after it still refuses at MAIL FROM.
+    policy = b"""
+[[rules]]
+name = "allow-listed"
+when = { dnswl = ["dnswl"] }
+action = "accept"
+
+[[rules]]
+name = "no-rdns"
+when = { iprev = ["permerror"] }
+stage = "mail"
+action = "reject"
+"""
+    v = run(policy, tx(client_ip="198.51.100.7"), None, 0, EvalSettings())
+    assert (v.action, v.stage) == (Action.REJECT, "mail")
+    assert v.decision.facts.dnswl == ()  # type: ignore[union-attr]
