@@ -399,13 +399,21 @@ def test_antispam_example_previews_its_early_rules_and_keeps_the_default_ones() 
     new_keys = {"iprev", "iprev_host", "helo_syntax_ok", "helo_fqdn", "helo_bare_ip",
                 "helo_literal_mismatch", "helo_is_ours"}
     on_new = [r for r in antispam.rules if any(c.key in new_keys for c in r.when)]
-    # Every key is shown in use, every such rule is previewed, and would act at MAIL FROM.
+    # Every key is shown in use, every such rule is previewed, and would act at MAIL FROM (the
+    # greylisting of clients without reverse DNS at RCPT TO, where greylisting acts).
     assert {c.key for r in on_new for c in r.when} >= new_keys
-    assert all(r.monitor and r.stage is Stage.MAIL for r in on_new)
+    assert all(r.monitor for r in on_new)
+    assert all(r.stage is (Stage.RCPT if r.action is Action.GREYLIST else Stage.MAIL) for r in on_new)
     assert (antispam.earliest_stage, antispam.needs_early_iprev) == (Stage.EOM, False)
-    # A temperror is at most retried, never refused.
+    # A temperror is at most retried (a tempfail, or greylisting), never refused.
     on_temperror = [r for r in on_new if "temperror" in getattr(r.condition("iprev"), "values", ())]
-    assert on_temperror and all(r.action is Action.TEMPFAIL for r in on_temperror)
+    assert on_temperror and all(r.action in (Action.TEMPFAIL, Action.GREYLIST) for r in on_temperror)
+    # DNS lists, rate limits and greylisting are shown too, previewed as well.
+    antispam_keys = {"dnsbl", "dnswl", "ratelimit"}
+    shown = {c.key for r in antispam.rules for c in r.when} | {r.action.value for r in antispam.rules}
+    assert shown >= antispam_keys | {"greylist"}
+    assert all(r.monitor for r in antispam.rules
+               if r.action is Action.GREYLIST or any(c.key in ("dnsbl", "ratelimit") for c in r.when))
     default = load_policy([DEFAULT])
     tail = [(r.name, r.action, r.when, r.reply) for r in antispam.rules[-4:]]
     assert tail == [(r.name, r.action, r.when, r.reply) for r in default.rules[-4:]]
