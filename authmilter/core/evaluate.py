@@ -224,7 +224,9 @@ def _count_rates(tx: Transaction, settings: EvalSettings, stage: Stage, rcpt: st
     if store is None:
         return tuple(RateResult(limit.name, "", False, error="no state store")
                      for limit in settings.ratelimits if limit.count == count)
-    outbound = bool(outbound_reason(tx, signing.settings))
+    # Our users' mail: an authenticated sender always, and whatever else the signing file says.
+    authenticated = bool((tx.macros.get("{auth_authen}") or tx.macros.get("auth_authen") or "").strip())
+    outbound = authenticated or bool(outbound_reason(tx, signing.settings))
     return check_rates(settings.ratelimits, count, tx.client_ip or "", tx.mail_from, rcpt, tx.macros,
                        outbound, store, now)
 

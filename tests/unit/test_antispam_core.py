@@ -274,13 +274,20 @@ def test_recipients_beyond_the_rate_are_refused(store: SqliteStore) -> None:
 
 
 def test_limits_by_direction_and_key(store: SqliteStore) -> None:
-    policy = RATE_POLICY.replace(b'["per-client"]', b'["users-out"]')
-    settings = rates(RateLimit("users-out", "sasl_user", rate=1, per=60, direction="outbound"))
-    # Outbound means: the signing settings say it is our users' mail. Without signing settings
-    # nothing is outbound, so an inbound-only world never meets the limit.
+    policy = RATE_POLICY.replace(b'["per-client"]', b'["users-out", "world-in"]')
+    settings = rates(RateLimit("users-out", "sasl_user", rate=1, per=60, direction="outbound"),
+                     RateLimit("world-in", "client_ip", rate=1, per=60, direction="inbound"))
     two = ("a@x.example", "b@x.example")
-    v = run(policy, tx(rcpts=two, macros={"{auth_authen}": "alice"}), store, 0, settings)
-    assert v.rejected_rcpts == () and v.results.rates == ()  # type: ignore[union-attr]
+    # An authenticated user's mail is outbound: counted per SASL user, not per address.
+    v = run(policy, tx(rcpts=two, macros={"{auth_authen}": "Alice"}), store, 0, settings)
+    assert [r for r, _ in v.rejected_rcpts] == ["b@x.example"]
+    assert {r.key for r in v.results.rates} == {"users-out sasl_user alice"}  # type: ignore[union-attr]
+    # Another user has a bucket of their own; the world's mail from the same address the other.
+    assert run(policy, tx(rcpts=two[:1], macros={"{auth_authen}": "bob"}), store, 1, settings
+               ).action is Action.ACCEPT
+    v = run(policy, tx(rcpts=two), store, 2, settings)
+    assert [r for r, _ in v.rejected_rcpts] == ["b@x.example"]
+    assert {r.key for r in v.results.rates} == {"world-in client_ip 198.51.100.7"}  # type: ignore[union-attr]
 
 
 def test_messages_are_counted_at_mail_from(store: SqliteStore) -> None:

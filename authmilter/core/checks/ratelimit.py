@@ -4,7 +4,7 @@ recipient or per message.
 A limit is a bucket per subject ("client_ip 192.0.2.1", "sasl_user alice"): `rate` tokens come
 back every `per` seconds up to `burst`, and each recipient (or message) takes one. Which limits
 apply depends on the direction: inbound mail is everyone else's, outbound is our own users'
-(authenticated or from an internal network, as the signing settings say), so one site can limit
+(authenticated, or what the signing settings call ours: internal networks, daemons), so one site can limit
 what its users send without limiting what the world sends them, and the other way round.
 
 The check only counts and reports; a policy rule on `ratelimit` decides what an exceeded limit
