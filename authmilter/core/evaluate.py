@@ -175,20 +175,23 @@ def early_verdict(
         # At RCPT TO the facts count this recipient's buckets and those of the whole message.
         rates = _rates_for(known.rates, fresh, stage) if policy.counts_rates else None
 
-        def walk(greylist: tuple[GreylistResult, ...] | None) -> Decision:
-            return decide(policy, facts_for(tx, None, stage, spf=known.spf, rcpt=rcpt, iprev=known.iprev,
-                                            helo=known.helo, dnslists=known.dnslists, rates=rates,
-                                            greylist=greylist))
-
-        decision = walk(None)
+        facts = facts_for(tx, None, stage, spf=known.spf, rcpt=rcpt, iprev=known.iprev, helo=known.helo,
+                          dnslists=known.dnslists, rates=rates)
+        decision = decide(policy, facts)
         if decision.action is Action.GREYLIST and rcpt is not None:
+            spf_before = known.spf
             if known.spf is None and settings.greylist.by_spf_domain:
                 known = replace(known, spf=_spf(tx, dns, settings))
             grey = _greylist(tx, rcpt, known, store, settings, now)
             known = replace(known, greylist=(*known.greylist, grey))
             if grey.state == "error" and settings.store_on_error == "tempfail":
                 return _store_failure(known, stage, grey.error), known
-            decision = walk((grey,))
+            # The same facts and the recipient's greylisting state: walked again from the top,
+            # so the rules before the greylist rule are where they were.
+            again = facts if known.spf is spf_before else facts_for(
+                tx, None, stage, spf=known.spf, rcpt=rcpt, iprev=known.iprev, helo=known.helo,
+                dnslists=known.dnslists, rates=rates)
+            decision = decide(policy, replace(again, greylist=(grey.state,)))
     except Exception:
         return _early_failure(settings, stage, known)
     if decision.deferred or decision.action not in (Action.REJECT, Action.TEMPFAIL):
