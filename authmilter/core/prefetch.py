@@ -18,6 +18,7 @@ lookups here that the DKIM check would have refused to make.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -121,6 +122,7 @@ def prefetch(tx: Transaction, dns: Resolver, *, known: EarlyResults, lists: Iter
     return Prefetched(dns, answers) if answers else _Unchanged(dns)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ptr_name(client_ip: str | None) -> str | None:
     ip = normalize_client_ip(client_ip) if client_ip else None
     return ipaddress.ip_address(ip).reverse_pointer if ip else None

@@ -28,6 +28,7 @@ is an "error" result; what that does to the recipient is the operator's one fixe
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import math
 import re
@@ -69,6 +70,7 @@ def normalize_sender(mail_from: str) -> str:
     return f"{local}@{domain}" if domain else local
 
 
+@functools.lru_cache(maxsize=4096)
 def _network(client_ip: str) -> str:
     ip = normalize_client_ip(client_ip)
     if ip is None:

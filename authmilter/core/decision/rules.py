@@ -300,10 +300,15 @@ def _trusted_hop_vouches(hops: Sequence[str], trusted: Sequence[str]) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)  # every walk tests the client address; few distinct clients
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(address)
+
+
 def _ip_in(address: str, networks: Sequence[IPNetwork]) -> bool:
     if not address:
         return False
-    ip = ipaddress.ip_address(address)
+    ip = _ip(address)
     return any(ip.version == n.version and ip in n for n in networks)
 
 
