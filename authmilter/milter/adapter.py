@@ -724,10 +724,15 @@ def run(holder: AppHolder) -> int:
         # from a helper thread lets us wake it at once with a connection of our own.
         stopper = threading.Thread(target=milter.stop, name="milter-stop", daemon=True)
         stopper.start()
-        time.sleep(0.05)
-        _wake_listener(config.socket)
-        stopper.join(10)
-        worker.join(30)
+        # A wake-up that arrives before smfi_stop() has taken effect (a busy machine may not
+        # have run the stopper yet) is served as a connection and the listener polls again, so
+        # keep waking it until libmilter has stopped, a bounded number of times.
+        deadline = time.monotonic() + 30
+        while worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+            _wake_listener(config.socket)
+            worker.join(0.5)
+        stopper.join(1)
     if failure:
         log.error("milter stopped with an error: %s", failure[0])
         return 1
