@@ -335,7 +335,9 @@ def run_checks(
 ) -> Results:
     """Every check of core.checks on one message, in the order their inputs need; those `known`
     already are not run again. `authserv_id` is one of our names for the HELO check."""
-    dns = prefetch(tx, dns, known=known, lists=settings.dnslists, spf_helo=settings.spf_check_helo)
+    author = parse_author(tx.headers)  # once, for the prefetch plan and for DMARC
+    dns = prefetch(tx, dns, known=known, lists=settings.dnslists, spf_helo=settings.spf_check_helo,
+                   author=author)
     iprev = known.iprev or _iprev(tx, dns)
     helo = known.helo or _helo(tx, authserv_id)
     spf = known.spf or _spf(tx, dns, settings)
@@ -343,7 +345,6 @@ def run_checks(
     dkim = verify_dkim(parsed, dns, max_signatures=settings.dkim_max_signatures,
                        min_key_bits=settings.dkim_min_key_bits)
     arc = verify_arc(parsed, dns)
-    author = parse_author(tx.headers)
     dmarc = evaluate_dmarc(author, spf, dkim, dns, sample=sample)
     lists = _eom_lists(tx, dns, settings, known, helo, author)
     kept = set(tx.rcpts)

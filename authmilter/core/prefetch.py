@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from authmilter.core.checks.author import parse_author
 from authmilter.core.checks.dnslists import DnsList, query_name
 from authmilter.core.dnsapi import DnsAnswer, Resolver, query_many
-from authmilter.core.model import EarlyResults, Transaction
+from authmilter.core.model import AuthorResult, EarlyResults, Transaction
 from authmilter.core.names import normalize_client_ip, normalize_domain
 
 __all__ = ["MAX_NAMES", "ROUNDS", "Prefetched", "prefetch"]
@@ -77,13 +77,14 @@ class _Unchanged(Prefetched):
 
 
 def prefetch(tx: Transaction, dns: Resolver, *, known: EarlyResults, lists: Iterable[DnsList] = (),
-             spf_helo: bool = True, eom: bool = True, iprev: bool = True, spf: bool = True
-             ) -> Prefetched:
+             spf_helo: bool = True, eom: bool = True, iprev: bool = True, spf: bool = True,
+             author: AuthorResult | None = None) -> Prefetched:
     """`dns` wrapped with the answers to what the checks still to run will ask first.
 
     `known` says what is already worked out (nothing of it is fetched again); `eom` says whether
     the message is there (DKIM keys, the From domain) or only the envelope (MAIL FROM); `iprev`,
-    `spf` and `lists` say which of those early checks are about to run."""
+    `spf` and `lists` say which of those early checks are about to run; `author` is the From
+    as the caller has parsed it already (else it is parsed here)."""
     first: list[Query] = []
     if iprev and known.iprev is None:
         ptr = _ptr_name(tx.client_ip)
@@ -96,7 +97,8 @@ def prefetch(tx: Transaction, dns: Resolver, *, known: EarlyResults, lists: Iter
     author_domain: str | None = None
     if eom:
         first.extend(_key_names(tx))
-        author = parse_author(tx.headers)
+        if author is None:
+            author = parse_author(tx.headers)
         author_domain = author.domain if author.domain and not author.error else None
         if author_domain:
             first.extend((f"_dmarc.{d}", "TXT") for d in _tree(author_domain))
