@@ -57,7 +57,7 @@ from authmilter.core.model import (
     Transaction,
     Verdict,
 )
-from authmilter.core.names import normalize_domain
+from authmilter.core.names import address_domain, normalize_domain
 from authmilter.core.prefetch import prefetch
 from authmilter.core.signing.arc import seal_message
 from authmilter.core.signing.dkim import (
@@ -255,16 +255,12 @@ def _lists(tx: Transaction, dns: Resolver, settings: EvalSettings, helo: HeloRes
            author_domain: str | None = None) -> DnsListResults:
     domains: dict[str, str | None] = {
         "helo": tx.helo if helo is not None and helo.fqdn else None,
-        "mailfrom": _mail_from_domain(tx.mail_from),
+        "mailfrom": address_domain(tx.mail_from),
     }
     if author_domain is not None:
         domains["from"] = author_domain
     return query_lists(settings.dnslists, tx.client_ip, domains, dns, clock=time.monotonic)
 
-
-def _mail_from_domain(mail_from: str) -> str | None:
-    address = mail_from.strip().strip("<>").strip()
-    return address.rsplit("@", 1)[1] if "@" in address else None
 
 
 def evaluate(

@@ -93,3 +93,17 @@ def normalize_client_ip(client_ip: str) -> str | None:
         # RFC 7208 section 5: an IPv4-mapped client is an IPv4 client (ip4 and A apply).
         return str(addr.ipv4_mapped)
     return str(addr)
+
+
+def address_domain(address: str) -> str:
+    """The normalized domain of an envelope address ("<a@Example.ORG>" gives "example.org"); ""
+    for the null sender, an address without a domain, or a domain that is no host name."""
+    addr = address.strip()
+    if addr.startswith("<") and addr.endswith(">"):
+        addr = addr[1:-1].strip()
+    if "@" not in addr:
+        return ""
+    try:
+        return normalize_domain(addr.rsplit("@", 1)[1].strip())
+    except ValueError:
+        return ""

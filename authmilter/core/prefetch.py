@@ -27,7 +27,7 @@ from authmilter.core.checks.author import parse_author
 from authmilter.core.checks.dnslists import DnsList, query_name
 from authmilter.core.dnsapi import DnsAnswer, Resolver, query_many
 from authmilter.core.model import AuthorResult, EarlyResults, Transaction
-from authmilter.core.names import normalize_client_ip, normalize_domain
+from authmilter.core.names import address_domain, normalize_client_ip, normalize_domain
 
 __all__ = ["MAX_NAMES", "ROUNDS", "Prefetched", "prefetch"]
 
@@ -91,7 +91,7 @@ def prefetch(tx: Transaction, dns: Resolver, *, known: EarlyResults, lists: Iter
         if ptr:
             first.append((ptr, "PTR"))
     if spf and known.spf is None:
-        for domain in (_domain_of(tx.mail_from), _domain(tx.helo) if spf_helo else None):
+        for domain in (address_domain(tx.mail_from), _domain(tx.helo) if spf_helo else None):
             if domain:
                 first.append((domain, "TXT"))
     author_domain: str | None = None
@@ -147,11 +147,6 @@ def _dns_name(text: str) -> str | None:
     return name if _DNS_NAME.match(name) else None
 
 
-def _domain_of(address: str) -> str | None:
-    addr = address.strip().strip("<>").strip()
-    return _domain(addr.rsplit("@", 1)[1]) if "@" in addr else None
-
-
 def _key_names(tx: Transaction) -> list[Query]:
     """s._domainkey.d for each DKIM-Signature and ARC-Message-Signature / ARC-Seal."""
     names: list[Query] = []
@@ -178,7 +173,7 @@ def _tree(domain: str) -> list[str]:
 def _list_names(tx: Transaction, lists: Iterable[DnsList], author_domain: str | None, *,
                 only_from: bool) -> list[Query]:
     names: list[Query] = []
-    subjects = {"helo": tx.helo, "mailfrom": _domain_of(tx.mail_from) or "", "from": author_domain or ""}
+    subjects = {"helo": tx.helo, "mailfrom": address_domain(tx.mail_from), "from": author_domain or ""}
     for dnslist in lists:
         if dnslist.kind == "ip":
             if not only_from:

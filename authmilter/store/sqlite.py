@@ -11,9 +11,11 @@ opens its own on first use. Within one process a lock serialises threads on the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from authmilter.store.base import (
@@ -94,100 +96,77 @@ class SqliteStore:
             conn.execute(f"DELETE FROM {table} WHERE rowid IN "
                          f"(SELECT rowid FROM {table} WHERE expires_at <= ? LIMIT ?)", (now, PURGE_BATCH))
 
-    def purge_expired(self, now: float) -> None:
-        """Delete every row expired at `now` (housekeeping; the operations do it in batches)."""
+    @contextlib.contextmanager
+    def _immediate(self, now: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error) on this
+        process's connection, under the thread lock; sqlite3 errors become StoreError. With
+        `now`, the lazy purge gets its turn inside the same transaction."""
         with self._lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for table in _TABLES:
-                        conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))
+                    yield conn
+                    if now is not None:
+                        self._housekeeping(conn, now)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
                 raise StoreError(f"{self.path}: {e}") from e
+
+    def purge_expired(self, now: float) -> None:
+        """Delete every row expired at `now` (housekeeping; the operations do it in batches)."""
+        with self._immediate() as conn:
+            for table in _TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))
 
     def greylist(self, key: str, now: float, delay: float, retry_window: float,
                  lifetime: float) -> GreyState:
         check_grey_args(delay, retry_window, lifetime)
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = conn.execute("SELECT first_seen, passes, expires_at FROM greylist WHERE key = ?",
-                                       (key,)).fetchone()
-                    record = None if row is None else (float(row[0]), int(row[1]), float(row[2]))
-                    state, write = grey_step(record, now, delay, retry_window, lifetime)
-                    if write is not None:
-                        conn.execute("INSERT OR REPLACE INTO greylist (key, first_seen, passes, expires_at)"
-                                     " VALUES (?, ?, ?, ?)", (key, *write))
-                    self._housekeeping(conn, now)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: {e}") from e
-            return state
+        with self._immediate(now) as conn:
+            row = conn.execute("SELECT first_seen, passes, expires_at FROM greylist WHERE key = ?",
+                               (key,)).fetchone()
+            record = None if row is None else (float(row[0]), int(row[1]), float(row[2]))
+            state, write = grey_step(record, now, delay, retry_window, lifetime)
+            if write is not None:
+                conn.execute("INSERT OR REPLACE INTO greylist (key, first_seen, passes, expires_at)"
+                             " VALUES (?, ?, ?, ?)", (key, *write))
+        return state
 
     def take_tokens(self, key: str, now: float, rate_per_s: float, burst: float,
                     cost: float = 1.0) -> RateState:
         check_rate_args(rate_per_s, burst, cost)
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = conn.execute("SELECT tokens, updated_at, expires_at FROM buckets WHERE key = ?",
-                                       (key,)).fetchone()
-                    record = None if row is None or now >= row[2] else (float(row[0]), float(row[1]))
-                    state, write = bucket_step(record, now, rate_per_s, burst, cost)
-                    conn.execute("INSERT OR REPLACE INTO buckets (key, tokens, updated_at, expires_at)"
-                                 " VALUES (?, ?, ?, ?)", (key, *write))
-                    self._housekeeping(conn, now)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: {e}") from e
-            return state
+        with self._immediate(now) as conn:
+            row = conn.execute("SELECT tokens, updated_at, expires_at FROM buckets WHERE key = ?",
+                               (key,)).fetchone()
+            record = None if row is None or now >= row[2] else (float(row[0]), float(row[1]))
+            state, write = bucket_step(record, now, rate_per_s, burst, cost)
+            conn.execute("INSERT OR REPLACE INTO buckets (key, tokens, updated_at, expires_at)"
+                         " VALUES (?, ?, ?, ?)", (key, *write))
+        return state
 
     def count(self, key: str, now: float, add: int, lifetime: float) -> int:
         check_count_args(add, lifetime)
-        with self._lock:
-            conn = self._connection()
-            try:
-                if add == 0:
-                    # A read needs no write lock: WAL gives it a consistent snapshot.
-                    row = conn.execute("SELECT value, expires_at FROM counters WHERE key = ?",
-                                       (key,)).fetchone()
-                    return count_step(None if row is None else (int(row[0]), float(row[1])),
-                                      now, 0, lifetime)[0]
-                conn.execute("BEGIN IMMEDIATE")
+        select = "SELECT value, expires_at FROM counters WHERE key = ?"
+        if add == 0:
+            # A read needs no write lock: WAL gives it a consistent snapshot.
+            with self._lock:
                 try:
-                    row = conn.execute("SELECT value, expires_at FROM counters WHERE key = ?",
-                                       (key,)).fetchone()
-                    value, write = count_step(None if row is None else (int(row[0]), float(row[1])),
-                                              now, add, lifetime)
-                    if write is not None:
-                        conn.execute("INSERT OR REPLACE INTO counters (key, value, expires_at)"
-                                     " VALUES (?, ?, ?)", (key, *write))
-                    self._housekeeping(conn, now)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: {e}") from e
-            return value
+                    row = self._connection().execute(select, (key,)).fetchone()
+                except sqlite3.Error as e:
+                    raise StoreError(f"{self.path}: {e}") from e
+            return count_step(None if row is None else (int(row[0]), float(row[1])), now, 0, lifetime)[0]
+        with self._immediate(now) as conn:
+            row = conn.execute(select, (key,)).fetchone()
+            value, write = count_step(None if row is None else (int(row[0]), float(row[1])),
+                                      now, add, lifetime)
+            if write is not None:
+                conn.execute("INSERT OR REPLACE INTO counters (key, value, expires_at) VALUES (?, ?, ?)",
+                             (key, *write))
+        return value
 
     def _housekeeping(self, conn: sqlite3.Connection, now: float) -> None:
         self._ops += 1

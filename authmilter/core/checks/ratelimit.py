@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from authmilter.core.model import RateResult
-from authmilter.core.names import normalize_client_ip, normalize_domain
+from authmilter.core.names import address_domain, normalize_client_ip
 from authmilter.core.stateapi import StateStore, StoreError
 
 __all__ = ["COUNTS", "DIRECTIONS", "RATE_KEYS", "RateLimit", "check_rates", "subject"]
@@ -58,16 +58,6 @@ class RateLimit:
         return self.direction == "any" or (self.direction == "outbound") == outbound
 
 
-def _address_domain(address: str) -> str:
-    addr = address.strip().strip("<>").strip()
-    if "@" not in addr:
-        return ""
-    try:
-        return normalize_domain(addr.rsplit("@", 1)[1])
-    except ValueError:
-        return ""
-
-
 def subject(limit: RateLimit, client_ip: str, mail_from: str, rcpt: str | None,
             macros: Mapping[str, str]) -> str | None:
     """The bucket's subject for this limit, or None when the limit has nothing to count here
@@ -87,7 +77,7 @@ def subject(limit: RateLimit, client_ip: str, mail_from: str, rcpt: str | None,
         if rcpt is None:
             return None
         return rcpt.strip().strip("<>").strip().lower() or None
-    return _address_domain(mail_from) or None
+    return address_domain(mail_from) or None
 
 
 def check_rates(

@@ -18,6 +18,7 @@ from authmilter.core.model import (
     Stage,
     Transaction,
 )
+from authmilter.core.names import address_domain as _address_domain
 from authmilter.core.names import normalize_client_ip, normalize_domain
 
 __all__ = ["facts_for"]
@@ -183,15 +184,6 @@ def _domain_or_empty(name: str) -> str:
         return normalize_domain(name.strip())
     except ValueError:
         return ""  # an address literal or garbage names no domain, so it matches no domain rule
-
-
-def _address_domain(address: str) -> str:
-    addr = address.strip()
-    if addr.startswith("<") and addr.endswith(">"):
-        addr = addr[1:-1].strip()
-    if "@" not in addr:
-        return ""
-    return _domain_or_empty(addr.rsplit("@", 1)[1])
 
 
 def _client_host(host: str | None) -> str:
