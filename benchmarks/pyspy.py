@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from types import TracebackType
 
-RATE = 250  # samples a second per thread
+RATE = 1000
 
 
 def available(py_spy: str | None = None) -> str | None:

@@ -238,6 +238,68 @@ def test_nobody_listening_is_temperror(server: DnsServer) -> None:
     assert answer.status is DnsStatus.TEMPERROR
 
 
+def test_nobody_listening_is_said_at_once_not_after_the_timeout() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    started = time.monotonic()
+    answer = DnsResolver(["127.0.0.1"], port=closed_port, timeout=5.0).query("example.com", "A")
+    assert answer.status is DnsStatus.TEMPERROR
+    assert "connection refused" in answer.error and str(closed_port) in answer.error
+    assert time.monotonic() - started < 1.0
+
+
+# Every kind of answer the direct UDP path reads, against dnspython's Resolver reading the same.
+PARITY = [
+    ("mx.example.com", "A"), ("mx.example.com", "AAAA"), ("example.com", "MX"),
+    ("nullmx.example.com", "MX"), ("example.com", "TXT"), ("1.2.0.192.in-addr.arpa", "PTR"),
+    ("www.example.com", "A"), ("offsite.example.com", "A"), ("dangling.example.com", "A"),
+    ("loop.example.com", "A"), ("nothing.example.com", "A"), ("mx.example.com", "TXT"),
+    ("deep.example.com", "A"), ("mid.example.com", "TXT"), ("big.example.com", "TXT"),
+    ("short.example.com", "A"), ("a.nosoa.test", "MX"), ("b.nosoa.test", "A"), ("nothing.invalid", "A"),
+]
+
+
+@pytest.mark.parametrize(("name", "rdtype"), PARITY)
+def test_direct_path_answers_as_the_resolver_does(server: DnsServer, name: str, rdtype: str) -> None:
+    direct = resolver(server)
+    through_resolver = resolver(server)
+    through_resolver._fast = ()  # the dnspython Resolver alone, as before the direct path
+    before = server.query_count(name, rdtype)
+    got = direct.query(name, rdtype)
+    asked = server.query_count(name, rdtype) - before
+    expected = through_resolver.query(name, rdtype)
+    # The server hands out records of an RRset in any order, as real ones do.
+    assert (got.status, got.ttl, got.error, sorted(got.records)) == (
+        expected.status, expected.ttl, expected.error, sorted(expected.records))
+    # One question per lookup (a truncated one: once over UDP, once over TCP), never re-asked.
+    assert asked == (2 if name == "big.example.com" else 1)
+
+
+def test_a_stray_reply_is_ignored_and_the_real_one_read(server: DnsServer) -> None:
+    # A "resolver" that first sends a reply with another id (as a spoofer guessing would), then
+    # passes the question to the real server and relays its answer.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as relay:
+        relay.bind(("127.0.0.1", 0))
+        relay.settimeout(5)
+
+        def serve() -> None:
+            data, client = relay.recvfrom(4096)
+            query = dns.message.from_wire(data)
+            forged = dns.message.make_response(query)
+            forged.id = (query.id + 1) % 65536
+            forged.set_rcode(dns.rcode.NXDOMAIN)
+            relay.sendto(forged.to_wire(), client)
+            relay.sendto(dns.query.udp(query, "127.0.0.1", port=server.port, timeout=2).to_wire(), client)
+
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(serve)
+            answer = DnsResolver(["127.0.0.1"], port=relay.getsockname()[1], timeout=2.0).query(
+                "mx.example.com", "A")
+            job.result(timeout=5)
+    assert answer.status is DnsStatus.OK and answer.records == ("192.0.2.1",)
+
+
 def test_unknown_type_is_temperror_not_an_exception(server: DnsServer) -> None:
     assert resolver(server).query("example.com", "NOSUCHTYPE").status is DnsStatus.TEMPERROR
 
