@@ -177,7 +177,8 @@ def early_verdict(
 
         facts = facts_for(tx, None, stage, spf=known.spf, rcpt=rcpt, iprev=known.iprev, helo=known.helo,
                           dnslists=known.dnslists, rates=rates)
-        decision = decide(policy, facts)
+        # Most early walks just go on; the trace is drawn only for a walk that refuses (below).
+        decision = decide(policy, facts, trace=False)
         if decision.action is Action.GREYLIST and rcpt is not None:
             spf_before = known.spf
             if known.spf is None and settings.greylist.by_spf_domain:
@@ -191,11 +192,13 @@ def early_verdict(
             again = facts if known.spf is spf_before else facts_for(
                 tx, None, stage, spf=known.spf, rcpt=rcpt, iprev=known.iprev, helo=known.helo,
                 dnslists=known.dnslists, rates=rates)
-            decision = decide(policy, replace(again, greylist=(grey.state,)))
+            facts = replace(again, greylist=(grey.state,))
+            decision = decide(policy, facts, trace=False)
+        if decision.deferred or decision.action not in (Action.REJECT, Action.TEMPFAIL):
+            return None, known
+        decision = decide(policy, facts)  # the same walk again, traced for the log and --explain
     except Exception:
         return _early_failure(settings, stage, known)
-    if decision.deferred or decision.action not in (Action.REJECT, Action.TEMPFAIL):
-        return None, known
     return Verdict(decision.action, decision.reply, _early_results(known), "", stage=stage.value,
                    decision=decision, reason=f"rule {decision.rule}"), known
 

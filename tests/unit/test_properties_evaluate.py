@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import random
 
@@ -20,8 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from authmilter.core.decision import Policy
+from authmilter.core.decision.decide import decide
+from authmilter.core.decision.facts import facts_for
 from authmilter.core.evaluate import EvalSettings, evaluate
-from authmilter.core.model import Action, Header, Transaction, Verdict
+from authmilter.core.model import Action, Header, Stage, Transaction, Verdict
 from authmilter.files.policy import load_policy
 from benchmarks.fuzz import MUTATIONS, Mutator
 from tests import fuzzworld as world
@@ -195,3 +198,34 @@ def test_a_spoofed_from_of_the_victim_is_never_accepted_with_dmarc_pass(
     dmarc = verdict.results.dmarc if verdict.results else None
     if dmarc is not None and world.is_victim(dmarc.domain):
         assert dmarc.result != "pass" and verdict.action is not Action.ACCEPT, verdict
+
+
+@functools.cache
+def every_policy() -> list[Policy]:
+    examples = sorted((ROOT / "policies" / "examples").glob("*.toml"))
+    return [policy()] + [load_policy([path]) for path in examples]
+
+
+@budget(150)
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.sampled_from(sorted(MUTATIONS)), max_size=2),
+    st.integers(0, 2**32),
+    st.sampled_from(sorted(world.ENVELOPES)),
+)
+def test_an_untraced_walk_decides_as_the_traced_one(
+    pick: int, mutations: list[str], rng_seed: int, envelope: str
+) -> None:
+    # The early walks skip the trace; what they decide must not depend on it, at any stage.
+    _, message = seeds()[pick % len(seeds())]
+    mutator = Mutator(random.Random(rng_seed), seeds())
+    for mutation in mutations:
+        message = MUTATIONS[mutation](mutator, message)
+    tx = world.transaction(message, world.ENVELOPES[envelope])
+    results = evaluate(tx, dns(), EvalSettings(), world.AUTHSERV_ID, policy()).results
+    for stage in Stage:
+        facts = facts_for(tx, results if stage is Stage.EOM else None, stage,
+                          spf=results.spf, iprev=results.iprev, helo=results.helo)
+        for rules in every_policy():
+            traced, untraced = decide(rules, facts), decide(rules, facts, trace=False)
+            assert dataclasses.replace(traced, trace=()) == untraced
