@@ -159,8 +159,9 @@ def early_verdict(
             # Once a lookup must wait for DNS this early, ask everything the envelope will need
             # (iprev, SPF and the lists at end of message, if not sooner) at once: the answers
             # land in the resolver's cache, and the later stages find them there.
+            # When the message is there already (`check`, evaluate_transaction), its names too.
             dns = prefetch(tx, dns, known=known, lists=settings.dnslists,
-                           spf_helo=settings.spf_check_helo, eom=False)
+                           spf_helo=settings.spf_check_helo, eom=bool(tx.headers))
         if known.spf is None and policy.needs_early_spf:
             known = replace(known, spf=_spf(tx, dns, settings))
         if known.iprev is None and policy.needs_early_iprev:

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 
 from authmilter.core.checks.author import parse_author
+from authmilter.core.checks.dmarc import walk_targets
 from authmilter.core.checks.dnslists import DnsList, query_name
 from authmilter.core.dnsapi import DnsAnswer, Resolver, query_many
 from authmilter.core.model import AuthorResult, EarlyResults, Transaction
@@ -37,7 +38,6 @@ MAX_NAMES = 40  # per round
 # in practice are 2-3 deep.
 ROUNDS = 4
 _MAX_PTR_NAMES = 10  # as iprev follows at most this many
-_MAX_DMARC_LEVELS = 5  # _dmarc names asked up the tree, below the top-level domain
 
 _TAG = re.compile(rb"(?:^|;)\s*([ds])\s*=\s*([^;\s]+)")
 _SPF_TARGET = re.compile(r"(?:^|\s)[+\-~?]?(include:|redirect=|a:|mx:|a(?=\s|$)|mx(?=\s|$))(\S*)",
@@ -100,8 +100,10 @@ def prefetch(tx: Transaction, dns: Resolver, *, known: EarlyResults, lists: Iter
         if author is None:
             author = parse_author(tx.headers)
         author_domain = author.domain if author.domain and not author.error else None
-        if author_domain:
-            first.extend((f"_dmarc.{d}", "TXT") for d in _tree(author_domain))
+        # The DMARC tree walks: the From domain's for its policy, the MAIL FROM domain's for its
+        # organizational domain (relaxed SPF alignment), each exactly as dmarc.tree_walk asks.
+        for walked in dict.fromkeys(d for d in (author_domain, address_domain(tx.mail_from)) if d):
+            first.extend((f"_dmarc.{d}", "TXT") for d in walk_targets(walked))
     if known.dnslists is None or eom:
         first.extend(_list_names(tx, lists, author_domain if eom else None,
                                  only_from=known.dnslists is not None))
@@ -162,12 +164,6 @@ def _key_names(tx: Transaction) -> list[Query]:
         if domain and re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", selector):
             names.append((f"{selector}._domainkey.{domain}", "TXT"))
     return names
-
-
-def _tree(domain: str) -> list[str]:
-    """The domain and its parents, as the DMARC tree walk asks them, without the TLD."""
-    labels = domain.split(".")
-    return [".".join(labels[i:]) for i in range(min(len(labels) - 1, _MAX_DMARC_LEVELS))]
 
 
 def _list_names(tx: Transaction, lists: Iterable[DnsList], author_domain: str | None, *,

@@ -262,7 +262,7 @@ def _records_at(lookup: _Memo, name: str) -> list[DmarcRecord] | None:
     return found
 
 
-def _walk_targets(domain: str) -> list[str]:
+def walk_targets(domain: str) -> list[str]:
     """Names a walk from `domain` asks about, in order (section 4.10 steps 1-7)."""
     labels = domain.split(".")
     targets = [domain]
@@ -279,7 +279,7 @@ def tree_walk(domain: str, resolver: Resolver) -> TreeWalk:
     queried: list[str] = []
     records: list[DmarcRecord] = []
     notes: list[str] = []
-    for target in _walk_targets(domain):
+    for target in walk_targets(domain):
         queried.append(target)
         found = _records_at(lookup, target)
         if found is None:
