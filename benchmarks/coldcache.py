@@ -60,7 +60,8 @@ class ChainDepth:
         self.deepest = 0
 
     def _depth(self, name: str, rdtype: str) -> int:
-        return self.named.get((name.lower().rstrip("."), rdtype), self.named.get((name.lower().rstrip("."), "*"), 1))
+        key = name.lower().rstrip(".")
+        return self.named.get((key, rdtype), self.named.get((key, "*"), 1))
 
     def query(self, name: str, rdtype: str) -> DnsAnswer:
         depth = self._depth(name, rdtype)
@@ -148,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({walls[-1] / d:4.2f} x); lookups per message median {statistics.median(lookups):.0f}, "
                   f"max {max(lookups)}")
             ratios.sort()
-            print(f"  {'':>10}  per message / (its longest chain x delay): p50 {statistics.median(ratios):4.2f}, "
+            print(f"  {'':>10}  per message / (its longest chain x delay): "
+                  f"p50 {statistics.median(ratios):4.2f}, "
                   f"p90 {ratios[int(0.9 * (len(ratios) - 1))]:4.2f}, max {ratios[-1]:4.2f}")
     finally:
         evaluate_mod.prefetch = real_prefetch
