@@ -19,7 +19,7 @@ from tests.dnsserver import DnsServer
 from tests.integration.zones import example_org, reverse_dns
 from tests.mailfactory import make_message, rsa_key, sign
 from tests.milterclient import ROOT, MilterProcess, Outcome
-from tests.redisserver import RedisServer, RedisUnavailable, ensure_installed
+from tests.redisserver import RedisSentinel, RedisServer, RedisUnavailable, ensure_installed
 
 DELAY = 1.0  # greylisting delay in these tests, seconds: long enough to see "early", short to wait
 
@@ -247,6 +247,31 @@ def test_two_milters_sharing_redis_decide_as_one_host(tmp_path: Path, dns: DnsSe
     assert shared == one_host == ["tempfail:rcpt", "tempfail:rcpt", "accept:eom", "tempfail:rcpt",
                                   "accept:eom", "accept:eom"]
     assert b"two-hosts:grey:" in redis.command("--scan", "--pattern", "two-hosts:grey:*")
+
+
+def test_two_milters_through_sentinel_decide_as_one_host(tmp_path: Path, dns: DnsServer,
+                                                         redis: RedisServer) -> None:
+    # MX hosts that find the Redis master through Sentinel (store.sentinels, store.service).
+    try:
+        ensure_installed(sentinel=True, timeout=300.0)
+    except RedisUnavailable as e:
+        pytest.skip(f"redis-sentinel unavailable: {e}")
+    with RedisSentinel(redis) as sentinel:
+        store = (f'backend = "redis"\nsentinels = ["127.0.0.1:{sentinel.port}"]\n'
+                 f'service = "{sentinel.service}"\nprefix = "via-sentinel:"')
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        a = milter(tmp_path / "a", dns, store)
+        b = milter(tmp_path / "b", dns, store)
+        try:
+            shared = decisions([a, b], "SEN")
+        finally:
+            a.stop()
+            b.stop()
+    # What one host decides for this sequence (test_two_milters_sharing_redis_decide_as_one_host).
+    assert shared == ["tempfail:rcpt", "tempfail:rcpt", "accept:eom", "tempfail:rcpt", "accept:eom",
+                      "accept:eom"]
+    assert b"via-sentinel:grey:" in redis.command("--scan", "--pattern", "via-sentinel:grey:*")
 
 
 def test_redis_outage_fails_open_logged_once_and_recovery_logged(tmp_path: Path, dns: DnsServer) -> None:
