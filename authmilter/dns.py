@@ -600,7 +600,10 @@ class DnsResolver:
     def _ask(self, qname: dns.name.Name, rdtype: str) -> DnsAnswer:
         started = time.monotonic()
         if self._fast:
-            fast = _ask_direct(self._fast, qname, rdtype, self._stub.timeout)
+            try:
+                fast = _ask_direct(self._fast, qname, rdtype, self._stub.timeout)
+            except Exception:  # the contract: a lookup never raises; the Resolver has its turn
+                fast = None
             if fast is not None:
                 return fast
         remaining = self._lifetime - (time.monotonic() - started)
