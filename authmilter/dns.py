@@ -4,8 +4,10 @@ Everything that touches the network for DNS lives here, outside `core/`, so the 
 Two pieces:
 
 * `DnsResolver` asks the configured (or system) recursive resolvers and maps every outcome to a
-  `DnsAnswer`; it never raises. `query_many` asks independent lookups at once, on a small thread
-  pool shared by every milter thread.
+  `DnsAnswer`; it never raises. A plain question goes out as one UDP datagram and its reply is
+  read by dnspython's parser (`_ask_direct`, half the CPU of dnspython's Resolver); anything
+  else (truncation, silence, odd replies, a second server) is the Resolver's. `query_many` asks
+  independent lookups at once, on a small thread pool shared by every milter thread.
 * `DnsCache` is our own TTL cache of finished `DnsAnswer`s, shared by every milter thread.
   dnspython's cache is switched off: it gives SOA-less negative answers a default TTL (we keep
   none), has no TTL cap, and runs on wall-clock time that tests cannot move.
