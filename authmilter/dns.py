@@ -288,15 +288,19 @@ _RDTYPES: dict[str, int] = {}
 
 
 def _fast_servers(nameservers: Sequence[Any], port: int) -> tuple[tuple[int, str, int], ...]:
-    """(family, address, port) of the first nameserver when it is a plain IP address, else ()."""
-    if not nameservers or not isinstance(nameservers[0], str):
-        return ()
-    try:
-        address = ipaddress.ip_address(nameservers[0])
-    except ValueError:
-        return ()
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    return ((family, str(address), port),)
+    """(family, address, port) of every nameserver when all are plain IP addresses, else ().
+
+    The direct path asks the first; how many there are decides whether its failure is final."""
+    servers = []
+    for server in nameservers:
+        if not isinstance(server, str):
+            return ()
+        try:
+            address = ipaddress.ip_address(server)
+        except ValueError:
+            return ()
+        servers.append((socket.AF_INET6 if address.version == 6 else socket.AF_INET, str(address), port))
+    return tuple(servers)
 
 
 def _ask_direct(

@@ -249,6 +249,23 @@ def test_nobody_listening_is_said_at_once_not_after_the_timeout() -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_a_refused_first_nameserver_is_not_the_last_word(server: DnsServer) -> None:
+    # Nothing listens on 127.0.0.2 at the server's port: the second nameserver is asked.
+    answer = DnsResolver(["127.0.0.2", "127.0.0.1"], port=server.port, timeout=2.0).query(
+        "mx.example.com", "A")
+    assert answer.status is DnsStatus.OK and answer.records == ("192.0.2.1",)
+
+
+def test_servfail_from_the_first_nameserver_asks_the_second(server: DnsServer) -> None:
+    # The same server under two addresses, so the second try gets the same SERVFAIL: asked twice.
+    server.set_fault("mx.example.com", "servfail")
+    before = server.query_count("mx.example.com", "A")
+    answer = DnsResolver(["127.0.0.1", "127.0.0.1"], port=server.port, timeout=2.0).query(
+        "mx.example.com", "A")
+    assert answer.status is DnsStatus.TEMPERROR and "SERVFAIL" in answer.error
+    assert server.query_count("mx.example.com", "A") - before >= 2
+
+
 # Every kind of answer the direct UDP path reads, against dnspython's Resolver reading the same.
 PARITY = [
     ("mx.example.com", "A"), ("mx.example.com", "AAAA"), ("example.com", "MX"),
