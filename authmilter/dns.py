@@ -306,7 +306,7 @@ def _fast_servers(nameservers: Sequence[Any], port: int) -> tuple[tuple[int, str
 def _ask_direct(
     servers: tuple[tuple[int, str, int], ...], qname: dns.name.Name, rdtype: str, timeout: float
 ) -> DnsAnswer | None:
-    """The answer of one UDP exchange, or None when the Resolver must take over."""
+    """The answer of one exchange with the first server, or None when the Resolver must take over."""
     rdt = _RDTYPES.get(rdtype)
     if rdt is None:
         try:
@@ -314,31 +314,19 @@ def _ask_direct(
         except dns.exception.DNSException:
             return None  # the Resolver reports an unknown type as it always has
     family, address, port = servers[0]
-    qid = dns.entropy.random_16()
-    wire = b"".join((struct.pack("!HH", qid, dns.flags.RD), _QUERY_FLAGS, qname.to_wire() or b"",
-                     struct.pack("!HH", rdt, dns.rdataclass.IN), _OPT_RR))
+    only = len(servers) == 1
     deadline = time.monotonic() + timeout
     try:
-        # A new socket for each question: a fresh random source port, as dnspython does.
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((address, port))  # the kernel then drops datagrams from anyone else
-            sock.settimeout(timeout)
-            sock.send(wire)
-            while True:
-                data = sock.recv(65535)
-                if len(data) >= 12 and struct.unpack_from("!H", data)[0] == qid:
-                    break  # a datagram with another id is not our answer: keep listening
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                sock.settimeout(left)
+        data = _udp_exchange(family, address, port, qname, rdt, deadline)
     except ConnectionRefusedError:
         # An ICMP port unreachable: nothing listens there. With one nameserver, waiting out
         # the timeout cannot change that, so say so at once.
-        if len(servers) == 1:
+        if only:
             return _temperror(f"{address}: connection refused (nothing listening on port {port})")
         return None
     except OSError:  # a timeout, an unreachable network: the Resolver retries and reports it
+        return None
+    if data is None:
         return None
     try:
         response = dns.message.from_wire(data)
@@ -357,11 +345,43 @@ def _ask_direct(
         return None
     if not isinstance(response, dns.message.QueryMessage):  # what from_wire gives for a QUERY
         return None
+    return _read_answer(response, qname, address, only)
+
+
+def _udp_exchange(family: int, address: str, port: int, qname: dns.name.Name, rdt: int,
+                  deadline: float) -> bytes | None:
+    """The first datagram from the server that carries our question's id; None when none came."""
+    qid = dns.entropy.random_16()
+    wire = b"".join((struct.pack("!HH", qid, dns.flags.RD), _QUERY_FLAGS, qname.to_wire() or b"",
+                     struct.pack("!HH", rdt, dns.rdataclass.IN), _OPT_RR))
+    # A new socket for each question: a fresh random source port, as dnspython does.
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((address, port))  # the kernel then drops datagrams from anyone else
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.send(wire)
+        while True:
+            data = sock.recv(65535)
+            if len(data) >= 12 and struct.unpack_from("!H", data)[0] == qid:
+                return data
+            # A datagram with another id is not our answer: keep listening.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            sock.settimeout(left)
+
+
+def _read_answer(response: dns.message.QueryMessage, qname: dns.name.Name, address: str,
+                 only: bool) -> DnsAnswer | None:
+    """A reply to our question as a `DnsAnswer`, by dnspython's chaining rules; None for the
+    cases the Resolver decides (another server to try, a long chain, NXDOMAIN with an answer)."""
     rcode = response.rcode()
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-        if len(servers) == 1:  # the Resolver would ask the same server and say the same
+        if only:  # the Resolver would ask the same server and say the same
             return _temperror(f"{address}: {dns.rcode.to_text(rcode)}")
         return None
+    if rcode == dns.rcode.NXDOMAIN and not response.answer:
+        # No CNAME to follow (most list lookups end here): the chaining rules have nothing to do.
+        return DnsAnswer(DnsStatus.NXDOMAIN, ttl=negative_ttl(response))
     try:
         chain = response.resolve_chaining()
     except dns.message.ChainTooLong:

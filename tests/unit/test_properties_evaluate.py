@@ -49,6 +49,15 @@ def dns() -> world.MemoResolver:
     return world.MemoResolver(world.world_resolver(KEYS))
 
 
+def mutated(pick: int, mutations: list[str], rng_seed: int) -> bytes:
+    """Seed message number `pick`, put through `mutations` in order."""
+    _, message = seeds()[pick % len(seeds())]
+    mutator = Mutator(random.Random(rng_seed), seeds())
+    for mutation in mutations:
+        message = MUTATIONS[mutation](mutator, message)
+    return message
+
+
 def judged(tx: Transaction) -> Verdict:
     verdict = evaluate(tx, dns(), EvalSettings(), world.AUTHSERV_ID, policy())
     assert not world.internal_failure(verdict), verdict.errors
@@ -68,11 +77,7 @@ def judged(tx: Transaction) -> Verdict:
 def test_mutated_messages_end_in_a_sound_verdict(
     pick: int, mutations: list[str], rng_seed: int, envelope: str
 ) -> None:
-    _, message = seeds()[pick % len(seeds())]
-    mutator = Mutator(random.Random(rng_seed), seeds())
-    for mutation in mutations:
-        message = MUTATIONS[mutation](mutator, message)
-    judged(world.transaction(message, world.ENVELOPES[envelope]))
+    judged(world.transaction(mutated(pick, mutations, rng_seed), world.ENVELOPES[envelope]))
 
 
 @budget(150)
@@ -217,11 +222,7 @@ def test_an_untraced_walk_decides_as_the_traced_one(
     pick: int, mutations: list[str], rng_seed: int, envelope: str
 ) -> None:
     # The early walks skip the trace; what they decide must not depend on it, at any stage.
-    _, message = seeds()[pick % len(seeds())]
-    mutator = Mutator(random.Random(rng_seed), seeds())
-    for mutation in mutations:
-        message = MUTATIONS[mutation](mutator, message)
-    tx = world.transaction(message, world.ENVELOPES[envelope])
+    tx = world.transaction(mutated(pick, mutations, rng_seed), world.ENVELOPES[envelope])
     results = evaluate(tx, dns(), EvalSettings(), world.AUTHSERV_ID, policy()).results
     for stage in Stage:
         facts = facts_for(tx, results if stage is Stage.EOM else None, stage,
