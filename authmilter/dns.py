@@ -4,10 +4,12 @@ Everything that touches the network for DNS lives here, outside `core/`, so the 
 Two pieces:
 
 * `DnsResolver` asks the configured (or system) recursive resolvers and maps every outcome to a
-  `DnsAnswer`; it never raises. A plain question goes out as one UDP datagram and its reply is
-  read by dnspython's parser (`_ask_direct`, half the CPU of dnspython's Resolver); anything
-  else (truncation, silence, odd replies, a second server) is the Resolver's. `query_many` asks
-  independent lookups at once, on a small thread pool shared by every milter thread.
+  `DnsAnswer`; it never raises. A plain question goes out as one UDP datagram (`dnswire`); its
+  reply is read by `dnswire.read_simple` when it has the simple shape most replies have, else by
+  dnspython's parser. Anything more (truncation, silence, odd replies, a second server) is the
+  Resolver's. `query_many` sends a batch of independent lookups at once from the calling thread
+  and waits for their replies with one poll(); what that does not answer goes to a small thread
+  pool shared by every milter thread.
 * `DnsCache` is our own TTL cache of finished `DnsAnswer`s, shared by every milter thread.
   dnspython's cache is switched off: it gives SOA-less negative answers a default TTL (we keep
   none), has no TTL cap, and runs on wall-clock time that tests cannot move.
@@ -15,12 +17,12 @@ Two pieces:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
 import re
 import socket
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -50,10 +52,7 @@ import dns.rdtypes.IN.AAAA
 import dns.resolver
 
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
-
-# 1232 avoids IP fragmentation on virtually every path (DNS Flag Day 2020); larger answers come
-# back truncated and dnspython retries them over TCP.
-EDNS_PAYLOAD = 1232
+from authmilter.dnswire import EDNS_PAYLOAD, Outcome, Question, exchange, exchange_many, read_simple
 
 # A name that cannot exist in the DNS is reported as "no such domain", not as a failure to ask:
 # RFC 7208 4.3 treats a malformed domain as a "none" result (not temperror), and DKIM/DMARC can
@@ -275,15 +274,13 @@ def _is_cname_loop(qname: dns.name.Name, exc: dns.resolver.NoNameservers) -> boo
     )
 
 
-# The direct path: one UDP question to the first nameserver, answered by dnspython's parser.
-# dnspython's Resolver costs about 0.35 ms of CPU per lookup (a fresh epoll object per query, the
-# question built and re-encoded, the answer searched several times); most of a milter's lookups
-# get one answer from one server, so they take this path at about half of that: the answer read
-# by dnspython's parser and its chaining rules. What needs more (truncation, silence, a reply that
-# is not an answer to our question, a failure with another server to try) goes on to the Resolver
-# as before, within what is left of the lifetime.
-_OPT_RR = b"\x00\x00\x29" + struct.pack("!H", EDNS_PAYLOAD) + b"\x00\x00\x00\x00\x00\x00"
-_QUERY_FLAGS = struct.pack("!HHHH", 1, 0, 0, 1)  # QD=1, AN=0, NS=0, AR=1 (the OPT record)
+# The direct path: one UDP question to the first nameserver (authmilter.dnswire), the reply read
+# by `dnswire.read_simple` when it has the simple shape most replies have, else by dnspython's
+# parser and chaining rules. dnspython's Resolver costs about 0.35 ms of CPU per lookup (a fresh
+# epoll object per query, the question built and re-encoded, the answer searched several times);
+# most of a milter's lookups get one answer from one server. What needs more (silence, a reply
+# that is not an answer to our question, a failure with another server to try) goes on to the
+# Resolver as before, within what is left of the lifetime.
 _RDTYPES: dict[str, int] = {}
 
 
@@ -303,31 +300,46 @@ def _fast_servers(nameservers: Sequence[Any], port: int) -> tuple[tuple[int, str
     return tuple(servers)
 
 
-def _ask_direct(
-    servers: tuple[tuple[int, str, int], ...], qname: dns.name.Name, rdtype: str, timeout: float
-) -> DnsAnswer | None:
-    """The answer of one exchange with the first server, or None when the Resolver must take over."""
+def _question(qname: dns.name.Name, rdtype: str) -> Question | None:
+    """The question for the direct path; None for a type only the Resolver knows how to report."""
     rdt = _RDTYPES.get(rdtype)
     if rdt is None:
         try:
             rdt = _RDTYPES.setdefault(rdtype, int(dns.rdatatype.from_text(rdtype)))
         except dns.exception.DNSException:
             return None  # the Resolver reports an unknown type as it always has
+    return Question(qname, rdt)
+
+
+def _ask_direct(servers: tuple[tuple[int, str, int], ...], question: Question,
+                timeout: float) -> DnsAnswer | None:
+    """The answer of one exchange with the first server, or None when the Resolver must take over."""
     family, address, port = servers[0]
-    only = len(servers) == 1
     deadline = time.monotonic() + timeout
     try:
-        data = _udp_exchange(family, address, port, qname, rdt, deadline)
-    except ConnectionRefusedError:
+        data: Outcome = exchange(family, address, port, question, deadline)
+    except OSError as e:
+        data = e
+    return _reply_to_answer(data, servers, question, deadline)
+
+
+def _reply_to_answer(data: Outcome, servers: tuple[tuple[int, str, int], ...], question: Question,
+                     deadline: float) -> DnsAnswer | None:
+    """What one UDP exchange with the first server says: an answer, or None for the Resolver."""
+    _, address, port = servers[0]
+    only = len(servers) == 1
+    if isinstance(data, ConnectionRefusedError):
         # An ICMP port unreachable: nothing listens there. With one nameserver, waiting out
         # the timeout cannot change that, so say so at once.
         if only:
             return _temperror(f"{address}: connection refused (nothing listening on port {port})")
         return None
-    except OSError:  # a timeout, an unreachable network: the Resolver retries and reports it
+    if data is None or isinstance(data, OSError):  # silence, an unreachable network: the Resolver retries
         return None
-    if data is None:
-        return None
+    simple = read_simple(data, question)
+    if simple is not None:
+        return simple
+    qname, rdt = question.qname, question.rdtype
     try:
         response = dns.message.from_wire(data)
     except Exception:
@@ -346,28 +358,6 @@ def _ask_direct(
     if not isinstance(response, dns.message.QueryMessage):  # what from_wire gives for a QUERY
         return None
     return _read_answer(response, qname, address, only)
-
-
-def _udp_exchange(family: int, address: str, port: int, qname: dns.name.Name, rdt: int,
-                  deadline: float) -> bytes | None:
-    """The first datagram from the server that carries our question's id; None when none came."""
-    qid = dns.entropy.random_16()
-    wire = b"".join((struct.pack("!HH", qid, dns.flags.RD), _QUERY_FLAGS, qname.to_wire() or b"",
-                     struct.pack("!HH", rdt, dns.rdataclass.IN), _OPT_RR))
-    # A new socket for each question: a fresh random source port, as dnspython does.
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect((address, port))  # the kernel then drops datagrams from anyone else
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
-        sock.send(wire)
-        while True:
-            data = sock.recv(65535)
-            if len(data) >= 12 and struct.unpack_from("!H", data)[0] == qid:
-                return data
-            # A datagram with another id is not our answer: keep listening.
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            sock.settimeout(left)
 
 
 def _read_answer(response: dns.message.QueryMessage, qname: dns.name.Name, address: str,
@@ -451,9 +441,11 @@ class DnsResolver:
     Concurrent misses on one name each ask the network; correctness does not need them merged.
 
     `query_many` asks a batch of independent lookups at once, so the batch takes as long as its
-    slowest lookup. The lookups run on one thread pool per resolver, made on first use and shared
-    by every caller; a process forked from this one makes its own on first use. `close()` shuts
-    the pool down.
+    slowest lookup. With nameservers given as addresses the calling thread sends them all and
+    polls for the replies (`dnswire.exchange_many`); the lookups that this does not settle, and
+    every lookup of a batch without the direct path, run on one thread pool per resolver, made on
+    first use and shared by every caller. A process forked from this one makes its own on first
+    use. `close()` shuts the pool down.
     """
 
     def __init__(
@@ -512,6 +504,12 @@ class DnsResolver:
         self._fast = _fast_servers(stub.nameservers, port)
 
     def query(self, name: str, rdtype: str) -> DnsAnswer:
+        return self._lookup(name, rdtype)
+
+    def _lookup(self, name: str, rdtype: str, direct: bool = True,
+                started: float | None = None) -> DnsAnswer:
+        """`query`; with `direct` off the direct path is skipped (a batch that began at `started`
+        tried it already)."""
         rdtype = rdtype.upper()
         found = _cache_key(name)
         if found is None:
@@ -526,11 +524,11 @@ class DnsResolver:
             if qname is None:  # a label too long, or the name as a whole
                 return INVALID_NAME
         if self.observer is None:
-            answer = self._ask(qname, rdtype)
+            answer = self._ask(qname, rdtype, direct=direct, started=started)
         else:
-            started = time.monotonic()
-            answer = self._ask(qname, rdtype)
-            self.observer(rdtype, time.monotonic() - started, answer.status)
+            begun = time.monotonic()
+            answer = self._ask(qname, rdtype, direct=direct, started=started)
+            self.observer(rdtype, time.monotonic() - begun, answer.status)
         if self.cache is not None:
             self.cache.put(key, rdtype, answer)
         return answer
@@ -572,17 +570,24 @@ class DnsResolver:
         return out
 
     def _ask_all(self, pending: list[tuple[str, str]]) -> dict[tuple[str, str], DnsAnswer]:
-        pool = self._executor() if len(pending) > 1 else None
+        started = time.monotonic()
         answers: dict[tuple[str, str], DnsAnswer] = {}
+        lookup: Callable[[str, str], DnsAnswer] = self.query
+        if self._fast and len(pending) > 1:
+            answers, pending = self._ask_direct_many(pending)
+            # What the direct path could not answer goes to the Resolver alone, within what is
+            # left of the lifetime the batch began with.
+            lookup = functools.partial(self._lookup, direct=False, started=started)
+        pool = self._executor() if len(pending) > 1 else None
         waiting = iter(pending)
         running: dict[Future[DnsAnswer], tuple[str, str]] = {}
         while True:
             # At most max_parallel of this call in flight, so that one batch cannot take the
             # whole pool every connection shares.
             for pair in waiting:
-                future = _submit(pool, self.query, pair)
+                future = _submit(pool, lookup, pair)
                 if future is None:
-                    answers[pair] = self.query(*pair)
+                    answers[pair] = lookup(*pair)
                 else:
                     running[future] = pair
                 if len(running) >= self.max_parallel:
@@ -596,6 +601,46 @@ class DnsResolver:
                     answers[pair] = future.result()
                 except Exception as exc:  # only an overridden query can raise
                     answers[pair] = _temperror(f"{type(exc).__name__}: {exc}")
+
+    def _ask_direct_many(
+        self, pending: list[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], DnsAnswer], list[tuple[str, str]]]:
+        """The direct path for a batch, from this thread, max_parallel questions at a time: the
+        answers it got (cached and observed as `query` does), and the pairs left for the Resolver."""
+        answers: dict[tuple[str, str], DnsAnswer] = {}
+        left: list[tuple[str, str]] = []
+        batch: list[tuple[tuple[str, str], str, str, Question]] = []
+        for pair in pending:
+            found = _cache_key(pair[0])
+            qname = None if found is None else found[1] or dns_name(pair[0])
+            rdtype = pair[1].upper()
+            question = None if found is None or qname is None else _question(qname, rdtype)
+            if found is None or question is None:
+                left.append(pair)
+            else:
+                batch.append((pair, found[0], rdtype, question))
+        family, address, port = self._fast[0]
+        for first in range(0, len(batch), self.max_parallel):
+            chunk = batch[first:first + self.max_parallel]
+            deadline = time.monotonic() + self._stub.timeout
+            try:
+                outcomes = exchange_many(family, address, port, [item[3] for item in chunk], deadline)
+            except Exception:  # the contract: a lookup never raises; the Resolver has its turn
+                outcomes = [(None, 0.0)] * len(chunk)
+            for (pair, key, rdtype, question), (data, seconds) in zip(chunk, outcomes, strict=True):
+                try:
+                    answer = _reply_to_answer(data, self._fast, question, deadline)
+                except Exception:
+                    answer = None
+                if answer is None:
+                    left.append(pair)
+                    continue
+                if self.observer is not None:
+                    self.observer(rdtype, seconds, answer.status)
+                if self.cache is not None:
+                    self.cache.put(key, rdtype, answer)
+                answers[pair] = answer
+        return answers, left
 
     def _executor(self) -> ThreadPoolExecutor | None:
         """This process's pool, made on first use; None once closed."""
@@ -623,11 +668,16 @@ class DnsResolver:
         if current is not None and current[0] == os.getpid():
             current[1].shutdown(wait=True)
 
-    def _ask(self, qname: dns.name.Name, rdtype: str) -> DnsAnswer:
-        started = time.monotonic()
-        if self._fast:
+    def _ask(self, qname: dns.name.Name, rdtype: str, *, direct: bool = True,
+             started: float | None = None) -> DnsAnswer:
+        """One lookup: the direct path first (unless `direct` is off: it was tried already, in a
+        batch that began at `started`), then the Resolver within what is left of the lifetime."""
+        if started is None:
+            started = time.monotonic()
+        if direct and self._fast:
             try:
-                fast = _ask_direct(self._fast, qname, rdtype, self._stub.timeout)
+                question = _question(qname, rdtype)
+                fast = None if question is None else _ask_direct(self._fast, question, self._stub.timeout)
             except Exception:  # the contract: a lookup never raises; the Resolver has its turn
                 fast = None
             if fast is not None:

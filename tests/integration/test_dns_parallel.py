@@ -6,6 +6,7 @@ import os
 import pickle
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -63,10 +64,17 @@ def resolver(server: DnsServer, cache: DnsCache | None = None, **kwargs: int) ->
 
 
 class Recording(DnsResolver):
-    """A DnsResolver that notes which thread asked each lookup and how many ran at once."""
+    """A DnsResolver that notes which thread asked each lookup and how many ran at once.
 
-    def __init__(self, server: DnsServer, cache: DnsCache | None = None, **kwargs: int) -> None:
+    With `pooled`, without the direct path: a batch then goes to the thread pool, which otherwise
+    serves only what the direct path could not answer (silence, a failure with another server to
+    try, nameservers given by name)."""
+
+    def __init__(self, server: DnsServer, cache: DnsCache | None = None, *, pooled: bool = False,
+                 **kwargs: int) -> None:
         super().__init__(["127.0.0.1"], port=server.port, timeout=2.0, cache=cache, **kwargs)
+        if pooled:
+            self._fast = ()
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.running = self.most_running = 0
@@ -125,7 +133,7 @@ def test_the_same_lookups_one_after_another_take_the_sum(server: DnsServer) -> N
 
 def test_at_most_max_parallel_lookups_of_one_call_at_once(server: DnsServer) -> None:
     server.set_delay_all(0.1)
-    r = Recording(server, max_parallel=3)
+    r = Recording(server, pooled=True, max_parallel=3)
     answers, elapsed = timed(r, PAIRS)
     assert len(answers) == len(PAIRS)
     assert r.most_running == 3
@@ -135,7 +143,7 @@ def test_at_most_max_parallel_lookups_of_one_call_at_once(server: DnsServer) -> 
 
 def test_the_pool_is_bounded_and_shared_by_callers(server: DnsServer) -> None:
     server.set_delay_all(0.1)
-    r = Recording(server, pool_threads=2)
+    r = Recording(server, pooled=True, pool_threads=2)
     results: list[dict[tuple[str, str], DnsAnswer]] = []
 
     def caller(pairs: list[tuple[str, str]]) -> None:
@@ -151,6 +159,69 @@ def test_the_pool_is_bounded_and_shared_by_callers(server: DnsServer) -> None:
     workers = {thread for thread in r.threads if thread not in callers}
     assert len(workers) == 2 and r.most_running == 2
     r.close()
+
+
+# -- the direct path: a batch from the calling thread ------------------------------------------
+
+
+def test_a_batch_is_asked_from_the_calling_thread_without_the_pool(server: DnsServer) -> None:
+    server.set_delay_all(DELAY)
+    seen: list[tuple[str, DnsStatus]] = []
+    cache = DnsCache()
+    r = DnsResolver(["127.0.0.1"], port=server.port, timeout=2.0, cache=cache,
+                    observer=lambda rdtype, seconds, status: seen.append((rdtype, status)))
+    answers, elapsed = timed(r, PAIRS)
+    assert elapsed < 0.6
+    assert r._pool is None  # no thread was started for it
+    expected = [(rdtype, answers[(name, rdtype)].status) for name, rdtype in PAIRS]
+    assert sorted(seen, key=repr) == sorted(expected, key=repr)
+    assert all(cache.contains(name, rdtype) for name, rdtype in PAIRS)
+
+
+def test_the_direct_batch_asks_at_most_max_parallel_at_once(server: DnsServer) -> None:
+    server.set_delay_all(0.1)
+    r = resolver(server, max_parallel=3)
+    answers, elapsed = timed(r, PAIRS)
+    assert all(answers[pair].status is EXPECTED_STATUS.get(pair, DnsStatus.OK) for pair in PAIRS)
+    assert 0.3 <= elapsed < 0.8  # ceil(8 / 3) rounds of 0.1 s, not 8
+
+
+def test_a_silent_name_in_a_batch_goes_on_to_the_resolver_and_holds_up_no_other(server: DnsServer) -> None:
+    server.set_fault("mx.example.com", "stall")  # never answered
+    r = resolver(server)
+    answers, elapsed = timed(r, PAIRS)
+    assert elapsed < 2.6  # the 2 s lifetime, and dnspython's back-off at most
+    assert answers[("mx.example.com", "A")] == DnsAnswer(DnsStatus.TEMPERROR, error="timeout")
+    # Asked by the direct path, then again by the Resolver in what was left of the lifetime.
+    assert server.query_count("mx.example.com", "A") >= 2
+    for pair in PAIRS:
+        if pair[0] != "mx.example.com":
+            assert answers[pair].status is EXPECTED_STATUS.get(pair, DnsStatus.OK), pair
+
+
+def test_a_truncated_reply_in_a_batch_is_asked_again_over_tcp(server: DnsServer) -> None:
+    server.set_fault("mail.example.com", "truncate")
+    answers = resolver(server).query_many(PAIRS)
+    assert sorted(answers[("mail.example.com", "A")].records) == ["192.0.2.2", "192.0.2.3"]
+    assert answers[("mx.example.com", "A")].records == ("192.0.2.1",)
+
+
+def test_a_garbage_reply_in_a_batch_is_a_temperror_of_its_own(server: DnsServer) -> None:
+    server.set_fault("mail.example.com", "garbage")
+    answers = resolver(server).query_many(PAIRS)
+    assert answers[("mail.example.com", "A")].status is DnsStatus.TEMPERROR
+    assert answers[("mx.example.com", "A")].records == ("192.0.2.1",)
+
+
+def test_nobody_listening_fails_a_whole_batch_at_once() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    r = DnsResolver(["127.0.0.1"], port=port, timeout=5.0)
+    answers, elapsed = timed(r, PAIRS[:4])
+    assert elapsed < 1.0
+    assert {answer.error for answer in answers.values()} == {
+        f"127.0.0.1: connection refused (nothing listening on port {port})"}
 
 
 # -- what is asked -----------------------------------------------------------------------------
@@ -232,7 +303,7 @@ def test_cache_hits_are_answered_in_the_calling_thread(server: DnsServer) -> Non
 
 
 def test_close_is_idempotent_and_later_calls_ask_in_the_calling_thread(server: DnsServer) -> None:
-    r = Recording(server)
+    r = Recording(server, pooled=True)
     assert len(r.query_many(PAIRS[:3])) == 3
     r.close()
     r.close()
