@@ -162,7 +162,12 @@ def early_verdict(
             # When the message is there already (`check`, evaluate_transaction), its names too.
             dns = prefetch(tx, dns, known=known, lists=settings.dnslists,
                            spf_helo=settings.spf_check_helo, eom=bool(tx.headers))
-        if known.spf is None and policy.needs_early_spf:
+        if known.spf is None and (policy.needs_early_spf or (
+                rcpt is not None and policy.greylists and settings.greylist.by_spf_domain)):
+            # A greylist rule keys on the SPF-passing domain, and end of message needs SPF anyway:
+            # worked out before the facts, they are built once per recipient, not twice. No rule
+            # an early walk can decide by looks at SPF (else it would be needed early), so having
+            # it here changes no decision.
             known = replace(known, spf=_spf(tx, dns, settings))
         if known.iprev is None and policy.needs_early_iprev:
             known = replace(known, iprev=_iprev(tx, dns))
