@@ -71,7 +71,18 @@ def _valid_reply() -> bytes:
     return response.to_wire()[2:]  # without the id: the responder puts the query's in front
 
 
+def _negative_reply() -> bytes:
+    """The shape `dnswire.read_simple` reads itself: NXDOMAIN, the zone's SOA, an empty OPT."""
+    query = dns.message.make_query("mx.example.com", "A", use_edns=0, payload=1232)
+    response = dns.message.make_response(query)
+    response.set_rcode(dns.rcode.NXDOMAIN)
+    response.authority.append(dns.rrset.from_text(
+        "example.com.", 300, "IN", "SOA", "ns.example.com. hostmaster.example.com. 1 3600 600 86400 60"))
+    return response.to_wire()[2:]
+
+
 VALID = _valid_reply()
+NEGATIVE = _negative_reply()
 
 
 @st.composite
@@ -79,7 +90,7 @@ def hostile(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["flip", "cut", "extend", "random"]))
     if kind == "random":
         return draw(st.binary(max_size=300))
-    data = bytearray(VALID)
+    data = bytearray(draw(st.sampled_from([VALID, NEGATIVE])))
     if kind == "flip":
         for _ in range(draw(st.integers(1, 8))):
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
@@ -113,3 +124,28 @@ def test_the_unmutated_reply_is_read(responder: Responder) -> None:
     responder.payload = VALID
     answer = DnsResolver(["127.0.0.1"], port=responder.port, timeout=TIMEOUT).query("mx.example.com", "A")
     assert answer == DnsAnswer(DnsStatus.OK, ("192.0.2.1",), ttl=300)
+
+
+@settings(max_examples=30 * SCALE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hostile())
+def test_a_batch_of_hostile_replies_ends_in_answers_or_temperrors(responder: Responder,
+                                                                   payload: bytes) -> None:
+    # The batch path (one thread, poll()) with every reply hostile; the two names the reply
+    # does not echo go on to the Resolver too.
+    responder.payload = payload
+    resolver = DnsResolver(["127.0.0.1"], port=responder.port, timeout=TIMEOUT)
+    pairs = [("mx.example.com", "A"), ("other.example.com", "A"), ("example.com", "TXT")]
+    started = time.monotonic()
+    answers = resolver.query_many(pairs)
+    elapsed = time.monotonic() - started
+    resolver.close()
+    assert set(answers) == set(pairs)
+    assert all(isinstance(a, DnsAnswer) and a.status in set(DnsStatus) for a in answers.values())
+    assert elapsed < TIMEOUT + 0.35
+
+
+def test_the_unmutated_negative_reply_is_read(responder: Responder) -> None:
+    responder.payload = NEGATIVE
+    answer = DnsResolver(["127.0.0.1"], port=responder.port, timeout=TIMEOUT).query("mx.example.com", "A")
+    assert answer == DnsAnswer(DnsStatus.NXDOMAIN, ttl=60)
