@@ -1,4 +1,5 @@
-"""CPU of the early stages (MAIL FROM and RCPT TO) per message, in one process, without the milter.
+"""CPU of the early stages (MAIL FROM and RCPT TO) per message, in one process, without the milter
+(with --eom, of end of message too).
 
 `App.early` for the envelope of every message of the shared rig's corpus (../shared/bench, made by
 its first run in $MAILBENCH_HOME, /var/lib/mailbench by default), with rig.toml and with
@@ -27,6 +28,7 @@ from typing import Any
 from authmilter.app import App, load_app
 from authmilter.core.decision.rules import Stage
 from authmilter.core.evaluate import NOTHING_KNOWN
+from authmilter.core.message import split_message
 from authmilter.core.model import Transaction
 
 HERE = Path(__file__).resolve().parent
@@ -46,8 +48,10 @@ def _config(source: Path, out: Path, dns_port: int) -> Path:
     return out
 
 
-def lap(app: App, messages: Sequence[dict[str, Any]]) -> float:
-    """CPU milliseconds per message for MAIL FROM and each RCPT TO of every message."""
+def lap(app: App, messages: Sequence[dict[str, Any]],
+        bodies: dict[str, tuple[Any, bytes]] | None = None) -> float:
+    """CPU milliseconds per message for MAIL FROM and each RCPT TO of every message, and with
+    `bodies` (file -> headers, body) end of message too."""
     started = time.process_time()
     for m in messages:
         envelope = {"client_ip": m["client_ip"], "helo": m["helo"], "mail_from": m["mail_from"],
@@ -56,6 +60,10 @@ def lap(app: App, messages: Sequence[dict[str, Any]]) -> float:
         for rcpt in m["rcpts"]:
             _, known = app.early(Transaction(rcpts=(rcpt,), **envelope), Stage.RCPT, rcpt=rcpt,
                                  known=known, mta_j=MTA)
+        if bodies is not None:
+            headers, body = bodies[m["file"]]
+            app.evaluate(Transaction(rcpts=tuple(m["rcpts"]), headers=headers, body=body, **envelope),
+                         mta_j=MTA, known=known)
     return (time.process_time() - started) / len(messages) * 1000
 
 
@@ -64,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     home = Path(os.environ.get("MAILBENCH_HOME", "/var/lib/mailbench"))
     p.add_argument("--corpus", type=Path, default=home / "corpus")
     p.add_argument("--port", type=int, default=5398, help="for our test DNS server (default 5398)")
+    p.add_argument("--eom", action="store_true", help="end of message too (App.evaluate on the message)")
     p.add_argument("configs", nargs="*", type=Path,
                    default=[HERE / "rig.toml", HERE / "rig-antispam.toml"])
     a = p.parse_args(argv)
@@ -72,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{manifest}: no rig corpus; run ../shared/bench/run_peers.sh once first", file=sys.stderr)
         return 2
     messages = json.loads(manifest.read_text())["messages"]
+    bodies = None
+    if a.eom:
+        bodies = {m["file"]: split_message((a.corpus / m["file"]).read_bytes()) for m in messages}
     zones = sorted((a.corpus / "zones").glob("*.zone")) + sorted((HERE / "rig-zones").glob("*.zone"))
     command = [sys.executable, "-m", "tests.dnsserver", "--port", str(a.port)]
     for zone in zones:
@@ -85,9 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for source in a.configs:
             with tempfile.TemporaryDirectory() as tmp:
                 app = load_app(str(_config(source, Path(tmp) / source.name, a.port)))
-                lap(app, messages)
-                laps = [lap(app, messages) for _ in range(3)]
-                print(f"{source.name:24} early stages {' '.join(f'{x:.3f}' for x in laps)} ms/msg "
+                lap(app, messages, bodies)
+                laps = [lap(app, messages, bodies) for _ in range(3)]
+                stages = "all stages" if bodies is not None else "early stages"
+                print(f"{source.name:24} {stages} {' '.join(f'{x:.3f}' for x in laps)} ms/msg "
                       f"({len(messages)} messages, {sum(len(m['rcpts']) for m in messages)} recipients)")
                 app.resolver.close()
     finally:
