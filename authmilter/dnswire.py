@@ -114,7 +114,12 @@ def exchange_many(family: int, address: str, port: int, questions: Sequence[Ques
     try:
         for index, question in enumerate(questions):
             qid, wire = question.datagram()
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                # Out of file descriptors (EMFILE) is this question's failure, not the batch's.
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as e:
+                outcomes[index] = (e, time.monotonic() - started)
+                continue
             try:
                 sock.setblocking(False)
                 sock.connect((address, port))
