@@ -31,7 +31,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-import dns.entropy
 import dns.exception
 import dns.flags
 import dns.message
@@ -52,7 +51,7 @@ import dns.rdtypes.IN.AAAA
 import dns.resolver
 
 from authmilter.core.dnsapi import DnsAnswer, DnsStatus
-from authmilter.dnswire import EDNS_PAYLOAD, Outcome, Question, exchange, exchange_many, read_simple
+from authmilter.dnswire import EDNS_PAYLOAD, Outcome, Question, exchange_many, read_simple
 
 # A name that cannot exist in the DNS is reported as "no such domain", not as a failure to ask:
 # RFC 7208 4.3 treats a malformed domain as a "none" result (not temperror), and DKIM/DMARC can
@@ -316,10 +315,7 @@ def _ask_direct(servers: tuple[tuple[int, str, int], ...], question: Question,
     """The answer of one exchange with the first server, or None when the Resolver must take over."""
     family, address, port = servers[0]
     deadline = time.monotonic() + timeout
-    try:
-        data: Outcome = exchange(family, address, port, question, deadline)
-    except OSError as e:
-        data = e
+    [(data, _)] = exchange_many(family, address, port, [question], deadline)
     return _reply_to_answer(data, servers, question, deadline)
 
 

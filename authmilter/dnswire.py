@@ -1,5 +1,5 @@
-"""The wire under `authmilter.dns`'s direct path: our question as a datagram, the UDP exchanges
-(one question, or a batch of them from one thread), and a reader for the replies most lookups get.
+"""The wire under `authmilter.dns`'s direct path: our question as a datagram, the UDP exchange of
+a batch of questions (one or many) from one thread, and a reader for the replies most lookups get.
 
 Why a reader of our own beside dnspython's: a milter's misses are mostly "no such name" (a DNS
 list that does not list the client, a PTR that does not exist, a `_dmarc` name the tree walk asks)
@@ -75,35 +75,17 @@ class Question:
                               _OPT_RR))
 
 
-def exchange(family: int, address: str, port: int, question: Question, deadline: float) -> bytes | None:
-    """The first datagram from the server that carries our question's id; None when none came.
-
-    Raises OSError as the socket does (ConnectionRefusedError: nothing listens there)."""
-    qid, wire = question.datagram()
-    # A new socket for each question: a fresh random source port, as dnspython does.
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect((address, port))  # the kernel then drops datagrams from anyone else
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
-        sock.send(wire)
-        while True:
-            data = sock.recv(65535)
-            if len(data) >= 12 and _ID.unpack_from(data)[0] == qid:
-                return data
-            # A datagram with another id is not our answer: keep listening.
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            sock.settimeout(left)
-
-
 Outcome = bytes | OSError | None
 
 
 def exchange_many(family: int, address: str, port: int, questions: Sequence[Question],
                   deadline: float) -> list[tuple[Outcome, float]]:
-    """`exchange` for every question at once, from this thread: all are sent, then one poll()
-    waits for whichever replies first. Per question, in order: the reply (or the OSError its
-    socket raised, or None when none came by `deadline`) and the seconds it took.
+    """Every question at once, from this thread: all are sent, each from a fresh socket (a fresh
+    random source port, as dnspython does) connected to the server (the kernel then drops
+    datagrams from anyone else), then poll() waits for whichever replies first; a datagram with
+    another id is not our answer and is skipped. Per question, in order: the reply (or the
+    OSError its socket raised, ConnectionRefusedError when nothing listens there; or None when
+    none came by `deadline`) and the seconds it took. Never raises OSError.
 
     One thread instead of one pool thread per question: no hand-over of the GIL and no wake-up
     per lookup, which cost more CPU than the exchange itself."""

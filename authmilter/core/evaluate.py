@@ -186,8 +186,7 @@ def early_verdict(
         # Most early walks just go on; the trace is drawn only for a walk that refuses (below).
         decision = decide(policy, facts, trace=False)
         if decision.action is Action.GREYLIST and rcpt is not None:
-            if known.spf is None and settings.greylist.by_spf_domain:  # a guard: worked out above
-                known = replace(known, spf=_spf(tx, dns, settings))
+            # SPF, when the key needs it, was worked out above with the other early results.
             grey = _greylist(tx, rcpt, known, store, settings, now)
             known = replace(known, greylist=(*known.greylist, grey))
             if grey.state == "error" and settings.store_on_error == "tempfail":
