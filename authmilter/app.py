@@ -95,15 +95,17 @@ class ListHealth:
     _cached: tuple[frozenset[str], EvalSettings, EvalSettings] | None = None
 
     def settings(self, base: EvalSettings, resolver: DnsResolver) -> EvalSettings:
-        self._maybe_test(resolver)
+        # Asked at every milter callback: the usual answer takes no lock (the attributes read
+        # are each replaced whole, and a stale read only takes the slow path).
+        if self.interval > 0 and (time.monotonic() >= self._next or self._pid != os.getpid()):
+            self._maybe_test(resolver)
+        cached = self._cached
+        if cached is not None and cached[1] is base and cached[0] == self.failing.keys():
+            return cached[2]
         with self._lock:
             failing = frozenset(self.failing)
-            cached = self._cached
-        if cached is not None and cached[0] == failing and cached[1] is base:
-            return cached[2]
         settings = replace(base, dnslists=tuple(x for x in self.lists if x.name not in failing))
-        with self._lock:
-            self._cached = (failing, base, settings)
+        self._cached = (failing, base, settings)
         return settings
 
     def _maybe_test(self, resolver: DnsResolver) -> None:

@@ -31,7 +31,8 @@ class GreyState:
       "new"              no live record: one was created now (first attempt: defer)
       "early"            a record exists but `delay` has not yet passed since first_seen (defer)
       "passed"           retried within [first_seen + delay, first_seen + retry_window], or passed
-                         before and the record is still alive (accept); passes counts these
+                         before and the record is still alive (accept); passes counts these,
+                         a repeat within an hour of the last one counted not again (store/base.py)
       "expired-restart"  never passed and the retry window closed: restarted from now (defer)
     """
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_grey_args",
     "check_rate_args",
     "count_step",
+    "grey_refresh",
     "grey_step",
 ]
 
@@ -50,6 +51,19 @@ def check_rate_args(rate_per_s: float, burst: float, cost: float) -> None:
         raise ValueError(f"cost must be a number >= 0, not {cost}")
 
 
+# A triplet that has passed is written back (one more pass, its lifetime restarted) at most once
+# per GREY_REFRESH seconds, and a hundredth of the lifetime when that is shorter. Mail that keeps
+# coming on one triplet (notifications, a busy list) then costs a read, not a write transaction
+# per recipient; what is given up is an exact count of passes (nothing decides on it) and up to
+# an hour of a 35-day lifetime.
+GREY_REFRESH = 3600.0
+
+
+def grey_refresh(lifetime: float) -> float:
+    """How long a passed record's last write stands before the next pass is written."""
+    return min(GREY_REFRESH, lifetime / 100)
+
+
 def grey_step(record: tuple[float, int, float] | None, now: float, delay: float,
               retry_window: float, lifetime: float) -> tuple[GreyState, tuple[float, int, float] | None]:
     """(first_seen, passes, expires_at) before → the answer and the record to write (None: keep).
@@ -57,8 +71,13 @@ def grey_step(record: tuple[float, int, float] | None, now: float, delay: float,
     The Lua script in store/redis.py is this function line by line."""
     if record is None or now >= record[2]:
         return GreyState("new", now, 0), (now, 0, now + lifetime)
-    first, passes, _ = record
+    first, passes, expires = record
     if passes > 0:
+        # When it was last written, from its expiry; a lifetime shortened since gives a time
+        # still to come, and the record is written again with the new lifetime.
+        written = expires - lifetime
+        if written <= now < written + grey_refresh(lifetime):
+            return GreyState("passed", first, passes), None
         return GreyState("passed", first, passes + 1), (first, passes + 1, now + lifetime)
     if now < first + delay:
         return GreyState("early", first, 0), None

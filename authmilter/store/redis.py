@@ -29,12 +29,14 @@ from authmilter.store.base import (
     check_count_args,
     check_grey_args,
     check_rate_args,
+    grey_refresh,
 )
 
 GREYLIST_LUA = """
 local key = KEYS[1]
 local now, delay = tonumber(ARGV[1]), tonumber(ARGV[2])
 local window, lifetime = tonumber(ARGV[3]), tonumber(ARGV[4])
+local refresh = tonumber(ARGV[5])
 local function num(x) return string.format('%.17g', x) end
 local f = redis.call('HMGET', key, 'first_seen', 'passes', 'expires_at')
 local first, passes, expires = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
@@ -42,6 +44,10 @@ local state
 if first == nil or passes == nil or expires == nil or now >= expires then
   first, passes, state = now, 0, 'new'
 elseif passes > 0 then
+  local written = expires - lifetime
+  if written <= now and now < written + refresh then
+    return {'passed', num(first), tostring(passes)}
+  end
   passes, state = passes + 1, 'passed'
 elseif now < first + delay then
   return {'early', num(first), '0'}
@@ -144,7 +150,7 @@ class RedisStore:
                  lifetime: float) -> GreyState:
         check_grey_args(delay, retry_window, lifetime)
         state, first, passes = self._run(self._greylist, self.prefix + "grey:" + key,
-                                         [now, delay, retry_window, lifetime])
+                                         [now, delay, retry_window, lifetime, grey_refresh(lifetime)])
         name = _text(state)
         if name not in ("new", "early", "passed", "expired-restart"):
             raise StoreError(f"redis: unexpected greylist state {name!r}")

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from authmilter.store.base import (
     GreyState,
@@ -32,6 +33,7 @@ from authmilter.store.base import (
 
 PURGE_EVERY = 256  # operations between lazy purges, per process
 PURGE_BATCH = 1000  # rows deleted per table and purge at most
+PASSES_KEPT = 50_000  # passed triplets remembered per process (about 14 MB at most)
 _TABLES = ("greylist", "buckets", "counters")
 
 SCHEMA = """
@@ -46,6 +48,12 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE INDEX IF NOT EXISTS counters_expires ON counters (expires_at);
 """
 
+_GREY_SELECT = "SELECT first_seen, passes, expires_at FROM greylist WHERE key = ?"
+
+
+def _grey_record(row: tuple[Any, ...] | None) -> tuple[float, int, float] | None:
+    return None if row is None else (float(row[0]), int(row[1]), float(row[2]))
+
 
 class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
@@ -59,6 +67,7 @@ class SqliteStore:
         self._pid = 0
         self._ops = 0
         self._inherited: list[sqlite3.Connection] = []  # never used nor closed after fork
+        self._passes: dict[str, tuple[float, int, float]] = {}  # key -> passed record as last seen
         with self._lock:
             self._connection()
 
@@ -126,15 +135,45 @@ class SqliteStore:
     def greylist(self, key: str, now: float, delay: float, retry_window: float,
                  lifetime: float) -> GreyState:
         check_grey_args(delay, retry_window, lifetime)
+        # A pass this process read or wrote stands until its refresh is due, and nothing another
+        # process does meanwhile can undo it: it can only write the pass again, and the row
+        # cannot expire before the refresh. So it is answered from memory, without SQLite (whose
+        # every call lets go of the GIL, which the next libmilter thread takes).
+        known = self._passes.get(key)
+        if known is not None:
+            state, write = grey_step(known, now, delay, retry_window, lifetime)
+            if write is None and state.passed:
+                return state
+        # Most attempts change nothing (a pass written back recently, a retry too early): a read
+        # outside any transaction settles those without the write lock, as if it came just before
+        # whatever another process is writing. Only an attempt that writes takes the lock and
+        # reads again.
+        with self._lock:
+            try:
+                row = self._connection().execute(_GREY_SELECT, (key,)).fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from e
+        record = _grey_record(row)
+        state, write = grey_step(record, now, delay, retry_window, lifetime)
+        if write is None:
+            self._remember(key, state, record)
+            return state
         with self._immediate(now) as conn:
-            row = conn.execute("SELECT first_seen, passes, expires_at FROM greylist WHERE key = ?",
-                               (key,)).fetchone()
-            record = None if row is None else (float(row[0]), int(row[1]), float(row[2]))
+            row = conn.execute(_GREY_SELECT, (key,)).fetchone()
+            record = _grey_record(row)
             state, write = grey_step(record, now, delay, retry_window, lifetime)
             if write is not None:
                 conn.execute("INSERT OR REPLACE INTO greylist (key, first_seen, passes, expires_at)"
                              " VALUES (?, ?, ?, ?)", (key, *write))
+        self._remember(key, state, write or record)
         return state
+
+    def _remember(self, key: str, state: GreyState, record: tuple[float, int, float] | None) -> None:
+        if not state.passed or record is None:
+            return
+        if len(self._passes) >= PASSES_KEPT:
+            self._passes.clear()  # bounded; the next attempts read the file again
+        self._passes[key] = record
 
     def take_tokens(self, key: str, now: float, rate_per_s: float, burst: float,
                     cost: float = 1.0) -> RateState:

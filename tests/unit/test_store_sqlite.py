@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from authmilter.store.base import GreyState, RateState, StateStore, StoreError
+from authmilter.store.base import GREY_REFRESH, GreyState, RateState, StateStore, StoreError
 from authmilter.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0  # "now" of the first attempt; time is stepped by hand
@@ -58,8 +58,34 @@ class StoreBehaviour:
 
     def test_passes_count_and_outlive_the_window(self, store: StateStore) -> None:
         self.grey(store, 0)
-        for n, at in enumerate((DELAY, DELAY + 1, WINDOW * 3, 20 * 86400.0), start=1):
+        for n, at in enumerate((DELAY, WINDOW * 3, 20 * 86400.0), start=1):
             assert self.grey(store, at) == GreyState("passed", T0, n)
+
+    def test_a_pass_repeated_within_the_refresh_is_not_written(self, store: StateStore) -> None:
+        self.grey(store, 0)
+        assert self.grey(store, DELAY) == GreyState("passed", T0, 1)
+        # Within an hour of the last pass written, a pass is answered from the record as it is.
+        for at in (DELAY + 1, DELAY + 1800, DELAY + GREY_REFRESH - 1):
+            assert self.grey(store, at) == GreyState("passed", T0, 1)
+        assert self.grey(store, DELAY + GREY_REFRESH) == GreyState("passed", T0, 2)
+        assert self.grey(store, DELAY + GREY_REFRESH + 60) == GreyState("passed", T0, 2)
+        # The lifetime runs from the last pass written: the unwritten ones did not extend it.
+        assert self.grey(store, DELAY + GREY_REFRESH + LIFE).state == "new"
+
+    def test_a_short_lifetime_refreshes_sooner(self, store: StateStore) -> None:
+        life = 3000.0  # a hundredth of it, 30 s, is below the hour
+        store.greylist("s", T0, DELAY, 1000.0, life)
+        assert store.greylist("s", T0 + DELAY, DELAY, 1000.0, life).passes == 1
+        assert store.greylist("s", T0 + DELAY + 29, DELAY, 1000.0, life).passes == 1
+        assert store.greylist("s", T0 + DELAY + 30, DELAY, 1000.0, life).passes == 2
+
+    def test_a_lifetime_shortened_since_the_last_write_writes_again(self, store: StateStore) -> None:
+        self.grey(store, 0)
+        self.grey(store, DELAY)
+        shorter = LIFE / 2  # the record's expiry now lies further off than a new write's would
+        state = store.greylist("t1", T0 + DELAY + 10, DELAY, WINDOW, shorter)
+        assert state == GreyState("passed", T0, 2)
+        assert store.greylist("t1", T0 + DELAY + 10 + shorter, DELAY, WINDOW, shorter).state == "new"
 
     def test_record_expires_after_lifetime_of_silence(self, store: StateStore) -> None:
         self.grey(store, 0)
@@ -225,7 +251,11 @@ def _hammer(path: str, start: multiprocessing.synchronize.Event, out: multiproce
         out.put(repr(e))
 
 
-def test_processes_sharing_one_file_count_consistently(tmp_path: Path) -> None:
+def test_processes_sharing_one_file_count_consistently(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import authmilter.store.base as base
+
+    monkeypatch.setattr(base, "GREY_REFRESH", 0.0)  # every pass written, inherited by the children
     path = tmp_path / "shared.db"
     store = SqliteStore(path)
     store.greylist("triplet", T0, DELAY, WINDOW, LIFE)  # created before the workers retry it
@@ -342,6 +372,88 @@ def test_locked_beyond_timeout(tmp_path: Path) -> None:
     store.close()
 
 
+def test_an_attempt_that_changes_nothing_needs_no_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, timeout=0.2)
+    store.greylist("passed", T0, DELAY, WINDOW, LIFE)
+    store.greylist("passed", T0 + DELAY, DELAY, WINDOW, LIFE)
+    store.greylist("waiting", T0, DELAY, WINDOW, LIFE)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker in the middle of a write
+    try:
+        assert store.greylist("passed", T0 + DELAY + 60, DELAY, WINDOW, LIFE) == GreyState("passed", T0, 1)
+        assert store.greylist("waiting", T0 + 60, DELAY, WINDOW, LIFE) == GreyState("early", T0, 0)
+        with pytest.raises(StoreError, match="locked"):  # a pass that must be written waits
+            store.greylist("passed", T0 + DELAY + GREY_REFRESH, DELAY, WINDOW, LIFE)
+        with pytest.raises(StoreError, match="locked"):  # and so does a new triplet
+            store.greylist("new", T0, DELAY, WINDOW, LIFE)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.close()
+
+
+def test_a_pass_is_remembered_until_its_refresh(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    store.greylist("t", T0, DELAY, WINDOW, LIFE)
+    store.greylist("t", T0 + DELAY, DELAY, WINDOW, LIFE)
+    with sqlite3.connect(path) as conn:  # the row goes behind the store's back
+        conn.execute("DELETE FROM greylist")
+    # Within the refresh the pass is answered from memory, without the file ...
+    assert store.greylist("t", T0 + DELAY + 60, DELAY, WINDOW, LIFE) == GreyState("passed", T0, 1)
+    # ... and once it is due, from the file again, which now knows nothing of it.
+    assert store.greylist("t", T0 + DELAY + GREY_REFRESH, DELAY, WINDOW, LIFE).state == "new"
+    assert store.greylist("t", T0 + DELAY + GREY_REFRESH + 60, DELAY, WINDOW, LIFE).state == "early"
+    store.close()
+
+
+def test_a_pass_another_process_wrote_is_remembered_once_read(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store, other = SqliteStore(path), SqliteStore(path)
+    other.greylist("t", T0, DELAY, WINDOW, LIFE)
+    assert store.greylist("t", T0 + 10, DELAY, WINDOW, LIFE).state == "early"  # not remembered
+    other.greylist("t", T0 + DELAY, DELAY, WINDOW, LIFE)
+    assert store.greylist("t", T0 + DELAY + 1, DELAY, WINDOW, LIFE) == GreyState("passed", T0, 1)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM greylist")
+    assert store.greylist("t", T0 + DELAY + 2, DELAY, WINDOW, LIFE).passed
+    other.close()
+    store.close()
+
+
+def test_what_is_remembered_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import authmilter.store.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "PASSES_KEPT", 3)
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    for n in range(5):
+        store.greylist(f"k{n}", T0, DELAY, WINDOW, LIFE)
+        store.greylist(f"k{n}", T0 + DELAY, DELAY, WINDOW, LIFE)
+        assert len(store._passes) <= 3
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM greylist")
+    # k4 is remembered; k0 was let go when the memory filled, and is asked of the file.
+    assert store.greylist("k4", T0 + DELAY + 1, DELAY, WINDOW, LIFE).passed
+    assert store.greylist("k0", T0 + DELAY + 1, DELAY, WINDOW, LIFE).state == "new"
+    store.close()
+
+
+def test_a_write_between_the_read_and_the_lock_is_seen(tmp_path: Path) -> None:
+    """The read outside the transaction is only a shortcut: what is written is decided on the
+    record as it is under the lock."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    store.greylist("t", T0, DELAY, WINDOW, LIFE)
+    other = SqliteStore(path)
+    # Both read "never passed"; the first to take the lock writes the first pass.
+    assert other.greylist("t", T0 + DELAY, DELAY, WINDOW, LIFE) == GreyState("passed", T0, 1)
+    assert store.greylist("t", T0 + DELAY + GREY_REFRESH, DELAY, WINDOW, LIFE) == GreyState("passed", T0, 2)
+    other.close()
+    store.close()
+
+
 def test_threads_sharing_one_store(tmp_path: Path) -> None:
     import threading
 
@@ -360,5 +472,7 @@ def test_threads_sharing_one_store(tmp_path: Path) -> None:
     for t in threads:
         t.join(30)
     assert sum(allowed) == 60
-    assert store.greylist("t", T0 + DELAY, DELAY, WINDOW, LIFE).passes == 201
+    # The first pass is written once, by whichever thread came first; the 199 after it, and this
+    # one, fall within the refresh and leave it as it is.
+    assert store.greylist("t", T0 + DELAY, DELAY, WINDOW, LIFE).passes == 1
     store.close()
