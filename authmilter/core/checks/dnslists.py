@@ -44,6 +44,7 @@ it periodically, and ignoring a list that fails it, is the shell's business.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -123,18 +124,22 @@ class DnsList:
         return "; ".join(dict.fromkeys(found)) if found else None
 
 
+@functools.lru_cache(maxsize=4096)  # every list, at MAIL FROM and again at the end; few clients
+def _reversed_labels(ip: str) -> str:
+    """A normalized address's labels in RFC 5782 order: octets, or IPv6 nibbles, reversed."""
+    address = ipaddress.ip_address(ip)
+    if address.version == 4:
+        return ".".join(reversed(ip.split(".")))
+    return ".".join(reversed(address.exploded.replace(":", "")))
+
+
 def query_name(dnslist: DnsList, subject: str) -> str | None:
     """The name to ask `dnslist` for an IP address or domain, or None when `subject` is not one."""
     if dnslist.kind == "ip":
         ip = normalize_client_ip(subject) if subject else None
         if ip is None:
             return None
-        address = ipaddress.ip_address(ip)
-        if address.version == 4:
-            reversed_labels = ".".join(reversed(ip.split(".")))
-        else:
-            reversed_labels = ".".join(reversed(address.exploded.replace(":", "")))
-        return f"{reversed_labels}.{dnslist.zone}"
+        return f"{_reversed_labels(ip)}.{dnslist.zone}"
     try:
         domain = normalize_domain(subject)
     except ValueError:
