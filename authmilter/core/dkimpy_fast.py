@@ -16,6 +16,9 @@ dkimpy keeps doing the parsing, canonicalization and hashing it is trusted for:
    that no CRLF ends. A large body is done in pieces into one buffer, so it costs one more copy
    of itself at most.
 4. Public key records are parsed once per (name, record): dkimpy's ASN.1 reader is pure Python.
+5. The b= value is emptied out of the signature field (before hashing it, and when signing) by
+   a regular expression that is dkimpy's own, written without the nesting that makes it slow:
+   31 us against 4 for a 2048-bit signature, on every DKIM and ARC signature verified.
 
 One replacement changes a result, on purpose: h= selection matches names by `field_key`, so a
 field written `From :` (RFC 5322 obsolete syntax) is a From under simple canonicalization too.
@@ -207,8 +210,27 @@ def _install_header_selection() -> None:
     dkim.select_headers = select_headers
 
 
+# dkimpy's pattern for "[;\s]b=<value>". Its FWS, (?:(?:\s*\r?\n)?\s+)?, matches exactly the
+# runs of white space, empty included, so it is \s*; and (?:FWS[b64])* matches exactly the runs of
+# white space and base64 characters that end in one of the latter (or nothing), with the same
+# greedy choice. Written that way the engine no longer tries FWS's alternatives at every
+# character. Replaced only when dkimpy's pattern is the one this was derived from.
+DKIMPY_BTAG = (rb"([;\s]b(?:(?:\s*\r?\n)?\s+)?=)(?:(?:(?:\s*\r?\n)?\s+)?[a-zA-Z0-9+/=])*"
+               rb"(?:\r?\n\Z)?")
+BTAG = re.compile(rb"([;\s]b\s*=)(?:[\sa-zA-Z0-9+/=]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
+
+
+ORIGINAL_BTAG: re.Pattern[bytes] | None = getattr(dkim, "RE_BTAG", None)  # dkimpy's own object
+
+
+def _install_btag() -> None:
+    if ORIGINAL_BTAG is not None and ORIGINAL_BTAG.pattern == DKIMPY_BTAG:
+        dkim.RE_BTAG = BTAG
+
+
 _install_rsa_verifier()
 _install_relaxed_body()
 _install_header_selection()
 _install_relaxed_headers()
 _install_key_cache()
+_install_btag()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import dkim
 import pytest
 from dkim.canonicalization import CanonicalizationPolicy
+from hypothesis import given
+from hypothesis import strategies as st
 
 from authmilter.core import dkimpy_fast
+from tests.mailfactory import make_message, rsa_key, sign
+from tests.propertysupport import budget
 
 TOKENS = (b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"  ")
 SAMPLES = [b"".join(p) for n in range(7) for p in itertools.product(TOKENS, repeat=n)]
@@ -75,3 +80,42 @@ def test_long_runs_of_white_space_take_linear_time() -> None:
     assert bytes(dkimpy_fast.relaxed_body_slow(body)) == b"a b\r\n"
     small = b"a" + b" " * 5000 + b"b\r\n"
     assert dkimpy_fast.relaxed_body_slow(small) == b"a b\r\n"
+
+
+# --- the b= tag emptied out of the signature field ---
+
+BTAG_TOKENS = (b"b", b"=", b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"A", b"/", b"x", b"!", b"\x0b")
+ORIGINAL_BTAG = dkimpy_fast.ORIGINAL_BTAG  # the object dkimpy compiled, kept before replacing it
+assert ORIGINAL_BTAG is not None
+
+
+def test_dkimpys_btag_pattern_is_the_one_replaced() -> None:
+    # A dkimpy with another pattern keeps its own (and this test says the derivation is due).
+    assert ORIGINAL_BTAG.pattern == dkimpy_fast.DKIMPY_BTAG
+    assert dkim.RE_BTAG is dkimpy_fast.BTAG
+
+
+def test_btag_is_dkimpys_on_every_short_field() -> None:
+    for n in range(6):
+        for parts in itertools.product(BTAG_TOKENS, repeat=n):
+            value = b"; b=" + b"".join(parts)
+            assert dkimpy_fast.BTAG.sub(rb"\1", value) == ORIGINAL_BTAG.sub(rb"\1", value), value
+
+
+BTAG_PIECES = (*BTAG_TOKENS, b" b=", b";b =", b"\r\n\tb=", b"AAAA", b" \r\n ")
+
+
+@budget(300)
+@given(st.lists(st.sampled_from(BTAG_PIECES), max_size=60), st.binary(max_size=40))
+def test_btag_is_dkimpys_on_any_field(parts: list[bytes], noise: bytes) -> None:
+    value = b"v=1; a=rsa-sha256; d=example.org; s=s;" + b"".join(parts) + noise
+    assert dkimpy_fast.BTAG.sub(rb"\1", value) == ORIGINAL_BTAG.sub(rb"\1", value)
+
+
+def test_btag_empties_a_real_signatures_value() -> None:
+    message = sign(make_message(), domain="example.org", selector="rsa", key=rsa_key())
+    field = message.split(b"\r\n\r\n", 1)[0].split(b"DKIM-Signature:", 1)[1]
+    field = field.split(b"\r\nFrom:", 1)[0] if b"\r\nFrom:" in field else field
+    emptied = dkimpy_fast.BTAG.sub(rb"\1", field)
+    assert emptied == ORIGINAL_BTAG.sub(rb"\1", field)
+    assert re.search(rb"[;\s]b=\s*(;|\Z)", emptied) and b"bh=" in emptied
