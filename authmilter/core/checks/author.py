@@ -117,6 +117,8 @@ def _unfold(raw: bytes) -> str:
         text = text[:-2]
     elif text.endswith("\n"):
         text = text[:-1]
+    if text.isascii() and text.isprintable():
+        return text  # no line break, no control character: nothing to unfold or refuse
     out: list[str] = []
     i = 0
     while i < len(text):
