@@ -11,6 +11,7 @@ Section references below are to RFC 9989 unless another RFC is named.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -92,6 +93,7 @@ class PolicyDiscovery:
 # --- record syntax -------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # the same few records arrive with message after message
 def parse_record(txt: str, domain: str = "") -> DmarcRecord | RecordError:
     """Parse one TXT string (character-strings already joined) as a DMARC Policy Record.
 
