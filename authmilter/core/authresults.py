@@ -141,13 +141,19 @@ def _free_text(text: str) -> str:
     text = " ".join(text.split())
     if len(text) > _TEXT_MAX:
         text = text[: _TEXT_MAX - 3] + "..."
-    text = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return text.translate(_FREE_TEXT_MAP)
+    return _printable(text).translate(_FREE_TEXT_MAP)
+
+
+def _printable(text: str) -> str:
+    """Each character outside printable ASCII as "?" (the usual text is all inside it)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
 def _comment(text: str) -> str | None:
     """Comment text for authres to put between parentheses, unable to end the comment early."""
-    text = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    text = _printable(" ".join(text.split()))
     text = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
     return text or None
 
