@@ -65,9 +65,9 @@ class App:
                              store=self.store, signing=self.signing)
 
     def evaluate(self, tx: Transaction, mta_j: str | None = None,
-                 known: EarlyResults = NOTHING_KNOWN) -> Verdict:
+                 known: EarlyResults = NOTHING_KNOWN, *, trace: bool = True) -> Verdict:
         return evaluate(tx, self.resolver, self.settings, self.authserv_id(mta_j),
-                        self.policy, known=known, signing=self.signing)
+                        self.policy, known=known, signing=self.signing, trace=trace)
 
     def evaluate_transaction(self, tx: Transaction, *, store: StateStore | None = None,
                              now: float | None = None) -> Verdict:

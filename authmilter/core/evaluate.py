@@ -280,9 +280,12 @@ def evaluate(
     known: EarlyResults = NOTHING_KNOWN,
     signing: SigningConfig = EMPTY_SIGNING,
     now: float | None = None,
+    trace: bool = True,
 ) -> Verdict:
     """The end-of-message verdict. `known` holds what an early stage (or an earlier message on the
-    same connection) already worked out: it is reused, not asked for again.
+    same connection) already worked out: it is reused, not asked for again. `trace=False` leaves
+    out the per-rule trace (`check --explain` shows it; the milter's log line does not): the
+    same decision for less work.
 
     Our own users' mail (`signing` says who that is) is signed; it is also verified only when the
     signing settings ask for it. The steps: forged headers, signing, the checks, the decision and
@@ -308,7 +311,7 @@ def evaluate(
         return _fail_safe(settings, None, deletes, "evaluation failed", traceback.format_exc(),
                           guard=(tx, dns))
     try:
-        decision = decide(policy, facts_for(tx, results, Stage.EOM, spf=results.spf))
+        decision = decide(policy, facts_for(tx, results, Stage.EOM, spf=results.spf), trace=trace)
         failed = results.dmarc is not None and results.dmarc.result == "fail"
         ar = build_authentication_results(authserv_id, results, client_ip=tx.client_ip,
                                           dmarc_override=decision.override if failed else None)

@@ -416,7 +416,9 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         self.body_chunks = []
         self._drop_spool()
         started = time.monotonic()
-        verdict = self.app.evaluate(tx, mta_j=self._macro("j") or self.macros.get("j"), known=self.known)
+        # No per-rule trace: the log line does not show it (`check --explain` does).
+        verdict = self.app.evaluate(tx, mta_j=self._macro("j") or self.macros.get("j"), known=self.known,
+                                    trace=False)
         if verdict.results is not None:
             # Kept for the connection's next messages, which then need no PTR lookup of their own.
             self.known = replace(self.known, iprev=verdict.results.iprev or self.known.iprev,

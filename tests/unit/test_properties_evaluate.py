@@ -223,7 +223,13 @@ def test_an_untraced_walk_decides_as_the_traced_one(
 ) -> None:
     # The early walks skip the trace; what they decide must not depend on it, at any stage.
     tx = world.transaction(mutated(pick, mutations, rng_seed), world.ENVELOPES[envelope])
-    results = evaluate(tx, dns(), EvalSettings(), world.AUTHSERV_ID, policy()).results
+    verdict = evaluate(tx, dns(), EvalSettings(), world.AUTHSERV_ID, policy(), sample=lambda: 0.5)
+    results = verdict.results
+    # The milter's end of message walks untraced too: the same verdict, without the trace.
+    quiet = evaluate(tx, dns(), EvalSettings(), world.AUTHSERV_ID, policy(), sample=lambda: 0.5, trace=False)
+    if verdict.decision is not None:
+        verdict = dataclasses.replace(verdict, decision=dataclasses.replace(verdict.decision, trace=()))
+    assert quiet == verdict
     for stage in Stage:
         facts = facts_for(tx, results if stage is Stage.EOM else None, stage,
                           spf=results.spf, iprev=results.iprev, helo=results.helo)
