@@ -63,7 +63,7 @@ def lap(app: App, messages: Sequence[dict[str, Any]],
         if bodies is not None:
             headers, body = bodies[m["file"]]
             app.evaluate(Transaction(rcpts=tuple(m["rcpts"]), headers=headers, body=body, **envelope),
-                         mta_j=MTA, known=known)
+                         mta_j=MTA, known=known, trace=False)  # as the milter asks
     return (time.process_time() - started) / len(messages) * 1000
 
 
