@@ -55,7 +55,7 @@ from authmilter.core.model import (
     SpfIdentity,
     SpfResult,
 )
-from authmilter.core.names import normalize_client_ip
+from authmilter.core.names import normalize_client_ip, printable_ascii
 
 __all__ = ["HEADER_NAME", "build_authentication_results", "forged_headers"]
 
@@ -141,19 +141,12 @@ def _free_text(text: str) -> str:
     text = " ".join(text.split())
     if len(text) > _TEXT_MAX:
         text = text[: _TEXT_MAX - 3] + "..."
-    return _printable(text).translate(_FREE_TEXT_MAP)
-
-
-def _printable(text: str) -> str:
-    """Each character outside printable ASCII as "?" (the usual text is all inside it)."""
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
+    return printable_ascii(text).translate(_FREE_TEXT_MAP)
 
 
 def _comment(text: str) -> str | None:
     """Comment text for authres to put between parentheses, unable to end the comment early."""
-    text = _printable(" ".join(text.split()))
+    text = printable_ascii(" ".join(text.split()))
     text = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
     return text or None
 

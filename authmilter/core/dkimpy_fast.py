@@ -218,8 +218,6 @@ def _install_header_selection() -> None:
 DKIMPY_BTAG = (rb"([;\s]b(?:(?:\s*\r?\n)?\s+)?=)(?:(?:(?:\s*\r?\n)?\s+)?[a-zA-Z0-9+/=])*"
                rb"(?:\r?\n\Z)?")
 BTAG = re.compile(rb"([;\s]b\s*=)(?:[\sa-zA-Z0-9+/=]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
-
-
 ORIGINAL_BTAG: re.Pattern[bytes] | None = getattr(dkim, "RE_BTAG", None)  # dkimpy's own object
 
 

@@ -2,7 +2,8 @@
 
 A domain the author check extracts, a d= a signature claims, a policy rule names and a report
 lists must all be spelt alike, or a rule written for one does not match the other; the same holds
-for the client address that SPF, the policy and Authentication-Results each see.
+for the client address that SPF, the policy and Authentication-Results each see. Text that came
+from outside (DNS, a header) is reduced to printable ASCII here too, the one way every report does it.
 """
 
 from __future__ import annotations
@@ -107,3 +108,10 @@ def address_domain(address: str) -> str:
         return normalize_domain(addr.rsplit("@", 1)[1].strip())
     except ValueError:
         return ""
+
+
+def printable_ascii(text: str) -> str:
+    """`text` with each character outside printable ASCII (space to tilde) as "?"."""
+    if text.isascii() and text.isprintable():
+        return text  # the usual case: nothing to replace, no walk over the characters
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

@@ -126,6 +126,15 @@ class SqliteStore:
             except sqlite3.Error as e:
                 raise StoreError(f"{self.path}: {e}") from e
 
+    def _read(self, select: str, key: str) -> Any:
+        """One row by key, outside any transaction: a read needs no write lock, WAL gives it a
+        consistent snapshot."""
+        with self._lock:
+            try:
+                return self._connection().execute(select, (key,)).fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from e
+
     def purge_expired(self, now: float) -> None:
         """Delete every row expired at `now` (housekeeping; the operations do it in batches)."""
         with self._immediate() as conn:
@@ -148,12 +157,7 @@ class SqliteStore:
         # outside any transaction settles those without the write lock, as if it came just before
         # whatever another process is writing. Only an attempt that writes takes the lock and
         # reads again.
-        with self._lock:
-            try:
-                row = self._connection().execute(_GREY_SELECT, (key,)).fetchone()
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: {e}") from e
-        record = _grey_record(row)
+        record = _grey_record(self._read(_GREY_SELECT, key))
         state, write = grey_step(record, now, delay, retry_window, lifetime)
         if write is None:
             self._remember(key, state, record)
@@ -191,12 +195,7 @@ class SqliteStore:
         check_count_args(add, lifetime)
         select = "SELECT value, expires_at FROM counters WHERE key = ?"
         if add == 0:
-            # A read needs no write lock: WAL gives it a consistent snapshot.
-            with self._lock:
-                try:
-                    row = self._connection().execute(select, (key,)).fetchone()
-                except sqlite3.Error as e:
-                    raise StoreError(f"{self.path}: {e}") from e
+            row = self._read(select, key)
             return count_step(None if row is None else (int(row[0]), float(row[1])), now, 0, lifetime)[0]
         with self._immediate(now) as conn:
             row = conn.execute(select, (key,)).fetchone()

@@ -91,6 +91,7 @@ from authmilter.core.checks.dkim import (
 )
 from authmilter.core.dnsapi import Resolver
 from authmilter.core.model import ArcHop, ArcResult, field_key
+from authmilter.core.names import printable_ascii
 
 __all__ = ["MAX_INSTANCES", "MAX_KEY_LOOKUPS", "verify_arc"]
 
@@ -559,7 +560,7 @@ def _who(f: _Field) -> str:
 
 
 def _short_reason(text: str) -> str:
-    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    text = printable_ascii(text)
     return text if len(text) <= 240 else text[:237] + "..."
 
 

@@ -52,7 +52,7 @@ import spf
 
 from authmilter.core.dnsapi import DnsStatus, Resolver
 from authmilter.core.model import SpfIdentity, SpfResult, SpfResults
-from authmilter.core.names import normalize_client_ip
+from authmilter.core.names import normalize_client_ip, printable_ascii
 
 __all__ = ["RESULTS", "check_spf", "normalize_client_ip"]
 
@@ -164,7 +164,7 @@ def _strip_path(mail_from: str) -> str:
 
 def _printable(text: str) -> str:
     """A short, single-line version of a diagnostic that came (partly) from DNS."""
-    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text).strip()
+    cleaned = printable_ascii(text).strip()
     if len(cleaned) > _REASON_MAX:
         cleaned = cleaned[: _REASON_MAX - 3] + "..."
     return cleaned
