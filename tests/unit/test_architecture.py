@@ -43,6 +43,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "authmilter.core.checks": (M, N, D, "authmilter.core.stateapi", "authmilter.core.dkimpy_fast",
                                "=authmilter.core"),
     "authmilter.core.decision": (M, N),
+    "authmilter.core.history": (M, N),
     "authmilter.core.prefetch": (M, N, D, "authmilter.core.checks"),
     "authmilter.core.signing": (M, N, D, "authmilter.core.dkimpy_fast", "=authmilter.core",
                                 "authmilter.core.message", "authmilter.core.checks",

@@ -158,14 +158,16 @@ def parse_record(txt: str, domain: str = "") -> DmarcRecord | RecordError:
 
     p, sp, np_ = policy_tag("p"), policy_tag("sp"), policy_tag("np")
 
-    rua: list[str] = []
-    rua_val = value_of("rua")
-    if rua_val:
-        for uri in (u.strip(_WSP) for u in rua_val.split(",")):
+    def uris(tag: str) -> list[str]:
+        found: list[str] = []
+        for uri in (u.strip(_WSP) for u in (value_of(tag) or "").split(",") if u.strip(_WSP)):
             if _REPORT_URI.match(uri):
-                rua.append(uri)
+                found.append(uri)
             else:
-                errors.append(f"rua URI {uri!r} ignored")
+                errors.append(f"{tag} URI {uri!r} ignored")
+        return found
+
+    rua, ruf = uris("rua"), uris("ruf")
 
     unusable = ""
     if bad_policy:
@@ -199,6 +201,15 @@ def parse_record(txt: str, domain: str = "") -> DmarcRecord | RecordError:
             pct = int(pct_val)
         else:
             errors.append(f"pct={pct_val!r} invalid; ignored")
+    fo = value_of("fo")
+    if fo is not None:
+        # RFC 9991 section 3.1: a colon-separated list of 0, 1, d and s; an unknown option is left
+        # out, and a list left empty means the default, 0.
+        options = [o.strip(_WSP).lower() for o in fo.split(":")]
+        known = [o for o in options if o in ("0", "1", "d", "s")]
+        if len(known) != len(options):
+            errors.append(f"fo={fo!r} has unknown options; ignored")
+        fo = ":".join(dict.fromkeys(known)) or None
     # Appendix A.6: t=y is what pct=0 came to mean in practice.
     testing = t_flag or pct == 0
 
@@ -214,6 +225,8 @@ def parse_record(txt: str, domain: str = "") -> DmarcRecord | RecordError:
         psd=psd,
         raw=txt,
         rua=tuple(rua),
+        ruf=tuple(ruf),
+        fo=fo,
         unusable=unusable,
         errors=tuple(errors),
     )

@@ -72,6 +72,8 @@ class DmarcRecord:
     psd: str | None  # "y" | "n" | "u" | None
     raw: str
     rua: tuple[str, ...] = ()  # syntactically valid aggregate-report URIs
+    ruf: tuple[str, ...] = ()  # syntactically valid failure-report URIs (RFC 9991)
+    fo: str | None = None  # failure reporting options as published ("0", "1", "d", "s", joined by ":")
     # Non-empty when RFC 9989 section 4.10.1 says to apply no DMARC processing with this record
     # (an invalid p, sp or np and no valid rua URI); says why.
     unusable: str = ""
