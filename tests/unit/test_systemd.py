@@ -100,3 +100,39 @@ def test_sysusers_declares_the_service_user() -> None:
     lines = [shlex.split(line) for line in SYSUSERS.read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines == [["u", "authmilter", "-", "authmilter mail filter", "/var/lib/authmilter"]]
+
+
+REPORT_UNIT = ROOT / "systemd" / "authmilter-report.service"
+REPORT_TIMER = ROOT / "systemd" / "authmilter-report.timer"
+
+
+def test_verify_accepts_the_report_service_and_timer(tmp_path: Path) -> None:
+    local_exec = Path(sys.executable).parent / "authmilter"
+    text = REPORT_UNIT.read_text()
+    assert text.count(f"ExecStart={SHIPPED_EXEC} report send ") == 1
+    (tmp_path / REPORT_UNIT.name).write_text(text.replace(SHIPPED_EXEC, str(local_exec)))
+    (tmp_path / REPORT_TIMER.name).write_text(REPORT_TIMER.read_text())
+    result = run("verify", str(tmp_path / REPORT_UNIT.name), str(tmp_path / REPORT_TIMER.name),
+                 cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert [line for line in output.splitlines() if "authmilter" in line] == [], output
+
+
+def test_report_service_is_as_confined_as_the_milter() -> None:
+    result = run("security", "--offline=true", "--no-pager", str(REPORT_UNIT), cwd=ROOT)
+    output = result.stdout + result.stderr
+    found = _OVERALL.findall(output)
+    assert len(found) == 1, output
+    assert float(found[0]) <= MAX_EXPOSURE, output
+
+
+def test_report_timer_runs_daily_after_the_utc_day_ends() -> None:
+    text = REPORT_TIMER.read_text()
+    (spec,) = [line.partition("=")[2] for line in text.splitlines() if line.startswith("OnCalendar=")]
+    result = run("calendar", "--iterations=2", spec)
+    assert result.returncode == 0, result.stderr
+    # Both elapses at 00:15 UTC, a day apart: after the UTC day the reports cover has ended.
+    elapses = re.findall(r"(?:Next elapse|Iter\. #2): \w+ (\S+) (\d\d:\d\d:\d\d) UTC", result.stdout)
+    assert [t for _, t in elapses] == ["00:15:00", "00:15:00"], result.stdout
+    assert "Persistent=true" in text
