@@ -27,10 +27,20 @@ from authmilter.core.model import EarlyResults, Transaction, Verdict
 from authmilter.core.signing.dkim import EMPTY_SIGNING, SigningConfig
 from authmilter.core.stateapi import StateStore, StoreError
 from authmilter.dns import DnsCache, DnsResolver
-from authmilter.files.config import Config, ConfigError, StoreSettings, default_authserv_id, load_config
+from authmilter.files.config import (
+    Config,
+    ConfigError,
+    HistorySettings,
+    StoreSettings,
+    default_authserv_id,
+    load_config,
+)
 from authmilter.files.policy import PolicyError, load_policy
 from authmilter.files.signing import SigningError, load_signing
 from authmilter.observe.metrics import Metrics
+from authmilter.reports.failure_sender import FailureSender
+from authmilter.reports.writer import HistoryWriter
+from authmilter.store.history import HistoryStore
 from authmilter.store.watch import WatchedStore
 
 log = logging.getLogger("authmilter")
@@ -46,6 +56,9 @@ class App:
     signing: SigningConfig = EMPTY_SIGNING
     store: WatchedStore | None = None  # only when a rule greylists or looks at rate limits
     lists: ListHealth | None = None  # only when DNS lists are configured
+    history: HistoryWriter | None = None  # only in `serve`, with [history] enabled
+    failure_reports: FailureSender | None = None  # only in `serve`, with [reports] failure = true
+    serving: bool = False  # built for `serve`: history and failure reports are written
 
     @property
     def settings(self) -> EvalSettings:
@@ -163,6 +176,44 @@ def open_store(settings: StoreSettings) -> StateStore:
                       prefix=settings.prefix, timeout=settings.timeout, password=password)
 
 
+def _password(path: str) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        raise StoreError(f"{path}: {e.strerror or e}") from None
+
+
+def open_history(settings: HistorySettings, store: StoreSettings) -> HistoryStore:
+    """The configured history store; StoreError when it cannot be opened."""
+    if settings.backend == "sqlite":
+        from authmilter.store.history import SqliteHistory
+
+        return SqliteHistory(settings.path)
+    if settings.backend == "postgresql":
+        from authmilter.store.history_pg import PostgresHistory
+
+        return PostgresHistory(settings.url)
+    from authmilter.store.history_redis import RedisHistory
+
+    # Each day's keys also expire a day after the retention: a net for when nothing prunes.
+    expire = settings.retention_days + 1
+    if settings.url:
+        return RedisHistory(settings.url, prefix=store.prefix, timeout=store.timeout, expire_days=expire)
+    return RedisHistory(store.url, sentinels=store.sentinels, service=store.service,
+                        prefix=store.prefix, timeout=store.timeout, password_file=store.password_file,
+                        expire_days=expire)
+
+
+def describe_history(settings: HistorySettings, store: StoreSettings) -> str:
+    if settings.backend == "sqlite":
+        return f"sqlite:{settings.path}"
+    if settings.url:
+        return settings.backend + ":" + settings.url.split("@")[-1]  # no password in logs
+    return "redis:" + describe_store(store)
+
+
 def describe_store(settings: StoreSettings) -> str:
     if settings.backend == "sqlite":
         return f"sqlite:{settings.path}"
@@ -178,7 +229,8 @@ def _resolver(config: Config, metrics: Metrics | None) -> DnsResolver:
                        observer=metrics.observe_dns if metrics else None)
 
 
-def build_app(config: Config, previous: App | None = None, *, with_metrics: bool = False) -> App:
+def build_app(config: Config, previous: App | None = None, *, with_metrics: bool = False,
+              with_history: bool = False) -> App:
     """Raises PolicyError or SigningError for a policy or signing file with any problem.
 
     Keys that cannot be used (missing, unreadable, too weak) are not errors here: they are logged
@@ -214,8 +266,36 @@ def build_app(config: Config, previous: App | None = None, *, with_metrics: bool
         old = previous.lists if previous is not None else None
         if old is not None and (old.lists, old.interval) == (lists.lists, lists.interval):
             lists = old
+    serving = with_history or (previous is not None and previous.serving)
+    history = _history(config, previous, serving)
+    failure_reports = None
+    if config.reports.failure and serving:
+        if previous is not None and previous.failure_reports is not None and (
+                previous.config.reports, previous.signing, previous.resolver) == (
+                config.reports, signing, resolver):
+            failure_reports = previous.failure_reports
+        else:
+            failure_reports = FailureSender(config.reports, resolver, signing=signing)
     return App(config=config, policy=policy, resolver=resolver, generation=generation, metrics=metrics,
-               signing=signing, store=store, lists=lists)
+               signing=signing, store=store, lists=lists, history=history,
+               failure_reports=failure_reports, serving=serving)
+
+
+def _history(config: Config, previous: App | None, wanted: bool) -> HistoryWriter | None:
+    """The history writer of `serve`; kept across reloads while its settings stay the same."""
+    settings = config.history
+    if not wanted or not settings.enabled:
+        return None
+    if previous is not None and previous.history is not None and (
+            previous.config.history, previous.config.store) == (settings, config.store):
+        return previous.history
+    if settings.backend == "sqlite" and not os.path.isdir(os.path.dirname(settings.path)):
+        log.warning("history: directory of %s does not exist; no history is kept (set "
+                    "[history] path, or enabled = false)", settings.path)
+        return None
+    store = config.store
+    return HistoryWriter(lambda: open_history(settings, store), describe_history(settings, store),
+                         queue_size=settings.queue, retention_days=settings.retention_days)
 
 
 def load_app(path: str) -> App:

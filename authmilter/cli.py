@@ -16,10 +16,11 @@ from authmilter.core.decision import explain
 from authmilter.core.message import split_message
 from authmilter.core.model import Transaction, Verdict
 from authmilter.files.config import ConfigError, load_config, parse_workers, worker_count, workers_problem
-from authmilter.files.policy import PolicyError, lint
+from authmilter.files.policy import PolicyError, lint, load_policy
 from authmilter.files.signing import SigningError
 from authmilter.observe.logs import setup_logging
 from authmilter.observe.verdicts import verdict_to_dict
+from authmilter.store.history import HistoryStore
 from authmilter.store.sqlite import SqliteStore
 
 log = logging.getLogger("authmilter")
@@ -28,7 +29,8 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as 
 EXIT_USAGE = 64
 
 
-def _load(path: str, *, with_metrics: bool = False, workers: int | str | None = None) -> App:
+def _load(path: str, *, serving: bool = False, workers: int | str | None = None) -> App:
+    """`serving`: for `serve`, the one command that keeps metrics and writes the history."""
     try:
         config = load_config(path)
         if workers is not None:  # serve --workers overrides the file
@@ -36,7 +38,7 @@ def _load(path: str, *, with_metrics: bool = False, workers: int | str | None = 
             if problem:
                 raise ConfigError(f"--workers {workers}: {problem}")
             config = dataclasses.replace(config, workers=workers)
-        return build_app(config, with_metrics=with_metrics)
+        return build_app(config, with_metrics=serving, with_history=serving)
     except ConfigError as e:
         print(f"authmilter: config error: {e}", file=sys.stderr)
     except PolicyError as e:
@@ -47,7 +49,7 @@ def _load(path: str, *, with_metrics: bool = False, workers: int | str | None = 
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    app = _load(args.config, with_metrics=True, workers=args.workers)
+    app = _load(args.config, serving=True, workers=args.workers)
     config = app.config
     setup_logging(config.log_level, config.log_format, config.log_target, config.syslog_socket)
     workers = worker_count(config.workers)
@@ -259,6 +261,127 @@ def cmd_testkey(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _since_arg(text: str) -> int:
+    """"7d", "36h", "2w" back from now, or a UTC date YYYY-MM-DD: seconds since the epoch."""
+    import datetime as dt
+    import time
+
+    t = text.strip().lower()
+    if t[:-1].isdigit() and t[-1:] in _UNITS:
+        return int(time.time()) - int(t[:-1]) * _UNITS[t[-1]]
+    try:
+        day = dt.datetime.strptime(t, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration like 7d, 36h, 2w, or a "
+                                         "UTC date YYYY-MM-DD") from None
+    return int(day.timestamp())
+
+
+def _day_arg(text: str) -> str:
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(text.strip(), "%Y-%m-%d").strftime("%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a UTC date YYYY-MM-DD") from None
+
+
+def _history_store(args: argparse.Namespace) -> tuple[App, HistoryStore] | int:
+    from authmilter.app import open_history
+    from authmilter.store.base import StoreError
+
+    app = _load(args.config)
+    setup_logging("warning")
+    if not app.config.history.enabled:
+        print(f"authmilter: {app.config.path}: [history] enabled = false: nothing is recorded",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return app, open_history(app.config.history, app.config.store)
+    except StoreError as e:
+        print(f"authmilter: history: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_policy_preview(args: argparse.Namespace) -> int:
+    import time
+
+    from authmilter.reports.preview import Previewer, render_text
+    from authmilter.store.base import StoreError
+
+    try:
+        draft = load_policy(args.files)
+    except PolicyError as e:
+        print(f"authmilter: policy error:\n{e}", file=sys.stderr)
+        return EXIT_CONFIG
+    opened = _history_store(args)
+    if isinstance(opened, int):
+        return opened
+    _, history = opened
+    until = args.until if args.until is not None else int(time.time()) + 1
+    previewer = Previewer(draft, args.since, until, tuple(str(f) for f in args.files))
+    try:
+        previewer.add_all(history.records(args.since, until))
+    except StoreError as e:
+        print(f"authmilter: history: {e}", file=sys.stderr)
+        return 1
+    summary = previewer.summary()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(summary), indent=2))
+    else:
+        sys.stdout.write(render_text(summary))
+    if args.html:
+        from authmilter.reports.preview_html import render_html
+
+        Path(args.html).write_text(render_html(summary), encoding="utf-8")
+        print(f"authmilter: wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def cmd_report_send(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from authmilter.reports.send import send_day, smtp_deliver
+    from authmilter.store.base import StoreError
+
+    opened = _history_store(args)
+    if isinstance(opened, int):
+        return opened
+    app, history = opened
+    settings = app.config.reports
+    if not settings.aggregate:
+        print(f"authmilter: {app.config.path}: [reports] aggregate = false: nothing to send",
+              file=sys.stderr)
+        return 0
+    if not (settings.org_name and settings.email):
+        print(f"authmilter: {app.config.path}: [reports] needs org_name and email (who the "
+              "reports come from)", file=sys.stderr)
+        return EXIT_CONFIG
+    day = args.day or (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    try:
+        outcomes = send_day(history, app.resolver, settings, day,
+                            deliver=smtp_deliver(settings.smtp), signing=app.signing,
+                            dry_run=args.dry_run, domains=args.domain or ())
+    except (StoreError, ValueError) as e:
+        print(f"authmilter: report send: {e}", file=sys.stderr)
+        return 1
+    failed = 0
+    for o in outcomes:
+        print(f"{day} {o.domain}: {o.status} (report {o.report_id}, {o.messages} messages, {o.rows} rows)")
+        for uri, what in o.destinations:
+            print(f"  {uri}: {what}")
+        if args.out and o.report is not None:
+            Path(args.out, o.report.filename).write_bytes(o.report.gz)
+            print(f"  wrote {Path(args.out, o.report.filename)}")
+        failed += o.status.startswith("failed")
+    if not outcomes:
+        print(f"{day}: no reportable messages recorded")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="authmilter", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -292,6 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
     lint_p.add_argument("-c", "--config", help="lint the policy files this config names")
     lint_p.add_argument("files", nargs="*", help="policy files")
     lint_p.set_defaults(func=cmd_policy_lint)
+    prev = psub.add_parser("preview", help="decide the recorded traffic again under draft policy files")
+    prev.add_argument("-c", "--config", required=True, help="TOML config file (its [history])")
+    prev.add_argument("--since", type=_since_arg, default="7d",
+                      help="from: a duration back from now (7d, 36h) or a UTC date (default 7d)")
+    prev.add_argument("--until", type=_since_arg, help="to (default: now)")
+    prev.add_argument("--json", action="store_true", help="print the summary as JSON")
+    prev.add_argument("--html", metavar="FILE", help="also write a one-page report with charts")
+    prev.add_argument("files", nargs="+", help="the draft's policy files, in order")
+    prev.set_defaults(func=cmd_policy_preview)
+
+    rep = sub.add_parser("report", help="DMARC reports from the recorded history")
+    rsub = rep.add_subparsers(dest="report_command", required=True)
+    send_p = rsub.add_parser("send", help="send one UTC day's aggregate reports (default: yesterday)")
+    send_p.add_argument("-c", "--config", required=True, help="TOML config file")
+    send_p.add_argument("--day", type=_day_arg, help="the UTC day, YYYY-MM-DD (default: yesterday)")
+    send_p.add_argument("--domain", action="append", help="only this policy domain (repeatable)")
+    send_p.add_argument("--dry-run", action="store_true",
+                        help="build and check the reports, send nothing, claim nothing")
+    send_p.add_argument("--out", metavar="DIR", help="also write each report's .xml.gz here")
+    send_p.set_defaults(func=cmd_report_send)
 
     g = sub.add_parser("genkey", help="make a DKIM key (mode 0600) and print its DNS TXT record")
     g.add_argument("--domain", required=True, help="the signing domain (d=)")

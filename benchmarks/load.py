@@ -89,6 +89,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "canonicalization) instead of a base64 attachment")
     p.add_argument("--no-quickack", action="store_true",
                    help="do not re-arm TCP_QUICKACK at end of message (shows the 40 ms delayed-ACK stall)")
+    p.add_argument("--no-history", action="store_true",
+                   help="[history] enabled = false: the milter records nothing (to compare its cost)")
     p.add_argument("--no-noreply", action="store_true",
                    help="offer no SMFIP_NR_* flags (as the test client): the milter answers every header")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per socket operation (default 30)")
@@ -300,7 +302,7 @@ class Run:
             spec, address = f"inet:{port}@127.0.0.1", ("127.0.0.1", port)
         write_config(config, socket_spec=spec, dns_port=self.dns.port,
                      authserv_id=self.corpus.manifest["authserv_id"], signing=self.signing,
-                     workers=self.args.workers, extra=extra)
+                     workers=self.args.workers, extra=extra, history=not self.args.no_history)
         return Milter(config, self.rundir / f"milter-{name}.log", address)
 
 

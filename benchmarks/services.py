@@ -102,7 +102,7 @@ def write_signing(path: Path, corpus_dir: Path, outbound: dict[str, object], *, 
 
 
 def write_config(path: Path, *, socket_spec: str, dns_port: int, authserv_id: str, signing: Path | None,
-                 workers: int | str | None, extra: str = "") -> None:
+                 workers: int | str | None, extra: str = "", history: bool = True) -> None:
     """Production defaults (info logging, the shipped policy) with the DNS of the benchmark.
 
     JSON log lines carry each message's results, which is how the benchmark learns them for
@@ -125,6 +125,9 @@ def write_config(path: Path, *, socket_spec: str, dns_port: int, authserv_id: st
         # Its own `policy` line first, then its tables: after them only [dns] follows.
         lines.append(extra)
     lines += ["", "[dns]", 'nameservers = ["127.0.0.1"]', f"port = {dns_port}", "timeout = 2.0"]
+    # The report history, on as shipped, in the run's own directory; --no-history to compare.
+    lines += ["", "[history]", f'path = "{path.parent / (path.stem + "-history.db")}"'
+              if history else "enabled = false"]
     path.write_text("\n".join(lines) + "\n")
 
 

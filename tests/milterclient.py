@@ -235,7 +235,10 @@ class MilterProcess:
             'nameservers = ["127.0.0.1"]\n'
             f"port = {dns_port}\n"
             "timeout = 1.0\n"
+            # Each milter records its own history: nothing goes to /var/lib on the test host.
+            + ("" if "[history]" in extra else f'[history]\npath = "{workdir / "history.db"}"\n')
         )
+        self.history = workdir / "history.db"
         self.logfile = workdir / "authmilter.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -58,6 +58,33 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class HistorySettings:
+    """Where the record of every evaluated message goes, for DMARC reports and policy preview."""
+
+    enabled: bool = True
+    backend: str = "sqlite"  # "sqlite" | "postgresql" | "redis"
+    path: str = "/var/lib/authmilter/history.db"  # sqlite
+    url: str = ""  # postgresql: a libpq DSN or postgresql:// URL; redis: empty uses [store]'s server
+    retention_days: int = 35
+    queue: int = 10000  # records waiting for the writer; more are dropped (and counted), never waited for
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Who we are in the DMARC reports we send, and how they leave."""
+
+    org_name: str = ""
+    email: str = ""  # the contact the report names, and the From of report messages
+    extra_contact_info: str = ""
+    receiver_domain: str = ""  # in report file names; empty: the domain of `email`
+    smtp: str = "127.0.0.1:25"  # the local MTA that delivers them
+    aggregate: bool = True  # `authmilter report send` sends aggregate reports
+    failure: bool = False  # per-message failure reports (RFC 9991), from the milter
+    failure_per_hour: int = 10  # per reported domain and milter process
+    max_attempts: int = 6  # a destination failing this many times in a row is given up for the day
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     socket: str = "inet:8891@127.0.0.1"
@@ -91,6 +118,8 @@ class Config:
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     policy_files: tuple[str, ...] = ()  # absolute; empty: no rules, every message accepted
     signing_file: str = ""  # absolute; empty: nothing is signed
+    history: HistorySettings = field(default_factory=HistorySettings)
+    reports: ReportSettings = field(default_factory=ReportSettings)
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -337,6 +366,8 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     if problem:
         raise top.error("workers", problem)
     store, store_on_error = _store_settings(top.sub("store"), base)
+    history = _history_settings(top.sub("history"), base, store)
+    reports = _report_settings(top.sub("reports"))
     greylist = _greylist_settings(top.sub("greylist"))
     ratelimits = tuple(_rate_limit(r) for r in _table_list(top, "ratelimit"))
     lists = tuple(_dns_list(r) for r in _table_list(top, "dnslist"))
@@ -367,6 +398,8 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         dnslist_self_test=self_test,
         policy_files=tuple(policy_files),
         signing_file=signing_file,
+        history=history,
+        reports=reports,
         evaluation=EvalSettings(
             dkim_max_signatures=max_sigs,
             dkim_min_key_bits=min_bits,
@@ -440,6 +473,48 @@ def _store_settings(r: _Reader, base: Path) -> tuple[StoreSettings, str]:
         service=service, prefix=prefix, timeout=timeout,
         password_file=str((base / password_file).resolve()) if password_file else "",
     ), on_error
+
+
+def _history_settings(r: _Reader, base: Path, store: StoreSettings) -> HistorySettings:
+    enabled = r.take("enabled", bool, True)
+    backend = r.take_choice("backend", "sqlite", ("sqlite", "postgresql", "redis"))
+    # Beside the greylisting state by default: the one directory the unit lets us write.
+    default_path = str(Path(store.path).parent / "history.db")
+    path = r.take_path("path", default_path)
+    url = r.take("url", str, "").strip()
+    retention = r.take_int("retention_days", 35, 1, 3660)
+    queue = r.take_int("queue", 10000, 1, 10_000_000)
+    if backend == "postgresql" and not url:
+        raise r.error("url", "postgresql needs url (postgresql://user@host/db or a libpq DSN)")
+    if backend == "redis" and not url and store.backend != "redis":
+        raise r.error("url", "redis needs url (redis://host:port/db), or [store] on Redis to share")
+    if backend == "redis" and url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise r.error("url", f"{url!r}: expected redis://, rediss:// or unix://")
+    r.finish()
+    return HistorySettings(enabled=enabled, backend=backend, path=str((base / path).resolve()),
+                           url=url, retention_days=retention, queue=queue)
+
+
+def _report_settings(r: _Reader) -> ReportSettings:
+    org_name = r.take("org_name", str, "").strip()
+    email = r.take("email", str, "").strip()
+    if email and (email.count("@") != 1 or any(c.isspace() or c in "<>,;\"" for c in email)):
+        raise r.error("email", f"{email!r} is not a plain address like dmarc-reports@example.com")
+    extra = r.take("extra_contact_info", str, "").strip()
+    receiver = r.take("receiver_domain", str, "").strip().lower()
+    smtp = r.take("smtp", str, "127.0.0.1:25").strip()
+    host, _, port = smtp.rpartition(":")
+    if not host or not _is_port(port):
+        raise r.error("smtp", f"{smtp!r} is not HOST:PORT")
+    aggregate = r.take("aggregate", bool, True)
+    failure = r.take("failure", bool, False)
+    per_hour = r.take_int("failure_per_hour", 10, 0, 100000)
+    attempts = r.take_int("max_attempts", 6, 1, 100)
+    r.finish()
+    return ReportSettings(org_name=org_name, email=email, extra_contact_info=extra,
+                          receiver_domain=receiver or email.rpartition("@")[2].lower(), smtp=smtp,
+                          aggregate=aggregate, failure=failure, failure_per_hour=per_hour,
+                          max_attempts=attempts)
 
 
 def _greylist_settings(r: _Reader) -> GreylistSettings:

@@ -36,6 +36,7 @@ import milter
 from authmilter.app import App, AppHolder
 from authmilter.core.decision import Stage
 from authmilter.core.evaluate import NOTHING_KNOWN, TEMPFAIL_REPLY
+from authmilter.core.history import record_for
 from authmilter.core.model import Action, EarlyResults, Header, Transaction, Verdict
 from authmilter.milter.sdnotify import notify
 from authmilter.observe.logs import setup_logging
@@ -222,7 +223,12 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
         return verdict
 
     def _refuse(self, verdict: Verdict, what: str) -> Any:
-        self._log_verdict(verdict, self._envelope(), None)
+        envelope = self._envelope()
+        self._log_verdict(verdict, envelope, None)
+        if what == "mail":
+            # The whole transaction ends here, so this is its record. A refused recipient is not:
+            # the message may still come, for the others, and be recorded then.
+            self._record(envelope, verdict)
         if verdict.reply:
             self.setreply(verdict.reply.code, verdict.reply.status, verdict.reply.text)
         return Milter.TEMPFAIL if verdict.action is Action.TEMPFAIL else Milter.REJECT
@@ -424,6 +430,8 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             self.known = replace(self.known, iprev=verdict.results.iprev or self.known.iprev,
                                  helo=verdict.results.helo or self.known.helo)
         self._log_verdict(verdict, tx, time.monotonic() - started)
+        self._record(tx, verdict)
+        self._report_failure(tx, verdict)
         rc = self._apply(verdict)
         held = self._header_bytes + len(tx.body)
         del tx
@@ -493,6 +501,23 @@ class AuthMilter(Milter.Base):  # type: ignore[misc]
             log.info("message", extra={"fields": fields})
         if self.app.metrics is not None:
             self.app.metrics.observe_verdict(verdict, seconds)
+
+    def _record(self, tx: Transaction, verdict: Verdict) -> None:
+        writer = self.app.history
+        if writer is None:
+            return
+        try:
+            record = record_for(tx, verdict, time.time())
+        except Exception:
+            log.exception("qid=%s history record not built", tx.queue_id or "-")
+            return
+        if record is not None:
+            writer.submit(record)
+
+    def _report_failure(self, tx: Transaction, verdict: Verdict) -> None:
+        sender = self.app.failure_reports
+        if sender is not None and verdict.results is not None:
+            sender.offer(tx, verdict)
 
     def _apply(self, verdict: Verdict) -> Any:
         if verdict.action is Action.TEMPFAIL or verdict.action is Action.REJECT:
@@ -663,6 +688,13 @@ def reload_app(holder: AppHolder) -> bool:
     return True
 
 
+def flush_history(holder: AppHolder, timeout: float = 3.0) -> None:
+    """At shutdown: what is queued for the history is written, for a few seconds at most."""
+    writer = holder.current.history
+    if writer is not None and not writer.flush(timeout):
+        log.warning("history: stopped with records still queued; they are lost")
+
+
 def run(holder: AppHolder) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads config and policies. Returns an exit status.
 
@@ -735,6 +767,7 @@ def run(holder: AppHolder) -> int:
             _wake_listener(config.socket)
             worker.join(0.5)
         stopper.join(1)
+    flush_history(holder)
     if failure:
         log.error("milter stopped with an error: %s", failure[0])
         return 1

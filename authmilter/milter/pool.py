@@ -42,6 +42,7 @@ from authmilter.milter.adapter import (
     AuthMilter,
     LibmilterThread,
     ListenError,
+    flush_history,
     open_shared_socket,
     prepare,
     reload_app,
@@ -497,6 +498,7 @@ class _WorkerProcess:
         if AuthMilter.open_connections() > 0:
             log.warning("worker %d: %d connections still open; closing them", self.slot,
                         AuthMilter.open_connections())
+        flush_history(self.holder)
         log.info("worker %d stopped", self.slot)
         return 0
 

@@ -166,7 +166,7 @@ class SqliteHistory:
                 if not rows:
                     return
                 for (text,) in rows:
-                    record = _read(str(text))
+                    record = read_record(str(text))
                     if record is not None:
                         yield record
         except sqlite3.Error as exc:
@@ -239,7 +239,7 @@ class SqliteHistory:
             self._local.db = None
 
 
-def _read(text: str) -> HistoryRecord | None:
+def read_record(text: str) -> HistoryRecord | None:
     try:
         return loads(text)
     except HistoryError as exc:

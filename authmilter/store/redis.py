@@ -104,6 +104,28 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def connect(url: str, *, sentinels: Sequence[tuple[str, int]] = (), service: str = "",
+            timeout: float = 1.0, password: str | None = None, sentinel_password: str | None = None,
+            db: int = 0) -> redis.Redis:
+    """A client from `url` (redis://host:port/db, rediss://, unix://), or for the master that
+    `sentinels` know as `service`; `timeout` bounds connecting and each command. Nothing is
+    connected until the first command. Every Redis store (greylisting, history) connects so."""
+    try:
+        if url:
+            client: redis.Redis = redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout, password=password, db=db)
+            return client
+        sentinel = redis.sentinel.Sentinel(
+            list(sentinels), socket_timeout=timeout, socket_connect_timeout=timeout,
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                             "password": sentinel_password})
+        master: redis.Redis = sentinel.master_for(service, socket_timeout=timeout,
+                                                  socket_connect_timeout=timeout, password=password, db=db)
+        return master
+    except (redis.exceptions.RedisError, ValueError) as e:
+        raise StoreError(f"redis: {e}") from e
+
+
 class RedisStore:
     def __init__(self, url: str | None = None, *, sentinels: Sequence[tuple[str, int]] = (),
                  service: str | None = None, prefix: str = "authmilter:", timeout: float = 1.0,
@@ -117,21 +139,8 @@ class RedisStore:
         if sentinels and not service:
             raise ValueError("RedisStore with sentinels needs the service (master) name")
         self.prefix = prefix
-        self._sentinel: redis.sentinel.Sentinel | None = None
-        try:
-            if url:
-                self._client: redis.Redis = redis.Redis.from_url(
-                    url, socket_timeout=timeout, socket_connect_timeout=timeout, password=password, db=db)
-            else:
-                self._sentinel = redis.sentinel.Sentinel(
-                    list(sentinels), socket_timeout=timeout, socket_connect_timeout=timeout,
-                    sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                                     "password": sentinel_password})
-                self._client = self._sentinel.master_for(
-                    cast(str, service), socket_timeout=timeout, socket_connect_timeout=timeout,
-                    password=password, db=db)
-        except (redis.exceptions.RedisError, ValueError) as e:
-            raise StoreError(f"redis: {e}") from e
+        self._client = connect(url or "", sentinels=sentinels, service=service or "", timeout=timeout,
+                               password=password, sentinel_password=sentinel_password, db=db)
         self._greylist = self._client.register_script(GREYLIST_LUA)
         self._bucket = self._client.register_script(BUCKET_LUA)
         self._count = self._client.register_script(COUNT_LUA)

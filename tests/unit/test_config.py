@@ -142,3 +142,29 @@ def test_every_error_names_its_line(tmp_path: Path, text: str, where: str) -> No
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, text))
     assert where in str(e.value) and str(e.value).startswith(str(tmp_path / "a.toml") + ":"), str(e.value)
+
+
+def test_history_and_reports_defaults_and_values(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, '[store]\npath = "state/s.db"\n'))
+    assert c.history.enabled and c.history.backend == "sqlite"
+    assert c.history.path == str(tmp_path / "state" / "history.db")  # beside the store
+    assert c.reports.failure is False and c.reports.aggregate is True and c.reports.org_name == ""
+    c = load_config(write(tmp_path, '[history]\nbackend = "postgresql"\nurl = "postgresql://a@db/m"\n'
+                                    'retention_days = 7\n[reports]\norg_name = "Ex"\n'
+                                    'email = "dmarc@ex.example"\nfailure = true\n'))
+    assert c.history.backend == "postgresql" and c.history.retention_days == 7
+    assert c.reports.receiver_domain == "ex.example" and c.reports.failure
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[history]\nbackend = "postgresql"\n', "history.url: postgresql needs url"),
+    ('[history]\nbackend = "redis"\n', "history.url: redis needs url"),
+    ('[history]\nbackend = "redis"\nurl = "http://x"\n', "expected redis://"),
+    ('[history]\nretention_days = 0\n', "history.retention_days: must be between 1"),
+    ('[history]\nbakend = "sqlite"\n', "bakend"),
+    ('[reports]\nemail = "Dmarc <d@x.example>"\n', "reports.email: "),
+    ('[reports]\nsmtp = "localhost"\n', "reports.smtp: 'localhost' is not HOST:PORT"),
+])
+def test_history_and_reports_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
