@@ -231,12 +231,13 @@ class MilterProcess:
             f'authserv_id = "{authserv_id}"\n'
             'log_level = "debug"\n'
             f"{extra}\n"
-            "[dns]\n"
+            # Each milter records its own history: nothing goes to /var/lib on the test host.
+            # Before [dns], which stays last: some tests append keys to it.
+            + ("" if "[history]" in extra else f'[history]\npath = "{workdir / "history.db"}"\n')
+            + "[dns]\n"
             'nameservers = ["127.0.0.1"]\n'
             f"port = {dns_port}\n"
             "timeout = 1.0\n"
-            # Each milter records its own history: nothing goes to /var/lib on the test host.
-            + ("" if "[history]" in extra else f'[history]\npath = "{workdir / "history.db"}"\n')
         )
         self.history = workdir / "history.db"
         self.logfile = workdir / "authmilter.log"

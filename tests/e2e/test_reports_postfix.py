@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from parsedmarc import parse_report_email
 
 from tests.dnsserver import DnsServer
 from tests.e2e.conftest import (
@@ -135,6 +136,11 @@ def test_failure_report_is_delivered_for_failing_mail(rig: Rig) -> None:
     text = feedback.as_string()
     assert "Auth-Failure: dmarc" in text and f"Source-IP: {OUTSIDE_IP}" in text
     assert "Reported-Domain: reporting.example" in text
+    # An independent reader takes it for what it is (offline: no lookups of its own).
+    parsed = parse_report_email(report.as_bytes(), offline=True, always_use_local_files=True)
+    assert parsed["report_type"] == "failure"
+    assert parsed["report"]["reported_domain"] == "reporting.example"
+    assert parsed["report"]["source"]["ip_address"] == OUTSIDE_IP
     # It went through our milter on the way out, signed by us: DMARC passes for it there.
     ar = " ".join(str(v) for v in report.get_all("Authentication-Results", []))
     assert "dkim=pass" in ar and "header.d=sender.example" in ar
@@ -182,6 +188,12 @@ def test_aggregate_report_for_yesterday_is_delivered_once(rig: Rig) -> None:
               int(r.findtext("d:row/d:count", namespaces=ns) or 0)
               for r in doc.findall("d:record", ns)}
     assert counts == {(AUTHORISED_IP, "pass"): 3, (OUTSIDE_IP, "quarantine"): 2}, xml.decode()
+
+    parsed = parse_report_email(report.as_bytes(), offline=True, always_use_local_files=True)
+    assert parsed["report_type"] == "aggregate"
+    agg = parsed["report"]
+    assert agg["policy_published"]["domain"] == "reporting.example"
+    assert sum(r["count"] for r in agg["records"]) == 5
 
     again = report_cli(rig, "report", "send", "--day", day)
     assert again.returncode == 0 and "skipped: already sent" in again.stdout, again.stdout
