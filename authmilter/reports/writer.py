@@ -27,6 +27,7 @@ from authmilter.store.history import HistoryStore
 log = logging.getLogger("authmilter.history")
 
 BATCH = 500
+INTERVAL = 0.25  # seconds between writes: records reach the store this late at most (plus the write)
 PRUNE_EVERY = 3600.0
 
 
@@ -86,36 +87,43 @@ class HistoryWriter:
     def _run(self) -> None:
         store: HistoryStore | None = None
         while True:
-            try:
-                first = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                store = self._maybe_prune(store)
-                continue
-            batch = [first] if first is not None else []
-            while len(batch) < BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    batch.append(item)
-            try:
-                if store is None:
-                    store = self._open()
-                store.append(batch)
-                self.written += len(batch)
-                self._recovered()
-            except (StoreError, OSError) as exc:
-                self._failed(str(exc), len(batch))
-                store = self._reset(store)
-            except Exception:
-                log.exception("history %s: write failed", self.describe)
-                self._failed("unexpected error", len(batch))
-                store = self._reset(store)
-            finally:
-                for _ in range(len(batch) + (1 if first is None else 0)):
-                    self._queue.task_done()
+            # Woken by the clock, not by each record: a thread blocked in get() would be woken
+            # (and take the GIL from the milter's threads) once per message.
+            time.sleep(INTERVAL)
+            while not self._queue.empty():
+                store = self._write_batch(store)
             store = self._maybe_prune(store)
+
+    def _write_batch(self, store: HistoryStore | None) -> HistoryStore | None:
+        try:
+            first = self._queue.get_nowait()
+        except queue.Empty:
+            return store
+        batch = [first] if first is not None else []
+        while len(batch) < BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        try:
+            if store is None:
+                store = self._open()
+            store.append(batch)
+            self.written += len(batch)
+            self._recovered()
+        except (StoreError, OSError) as exc:
+            self._failed(str(exc), len(batch))
+            store = self._reset(store)
+        except Exception:
+            log.exception("history %s: write failed", self.describe)
+            self._failed("unexpected error", len(batch))
+            store = self._reset(store)
+        finally:
+            for _ in range(len(batch) + (1 if first is None else 0)):
+                self._queue.task_done()
+        return store
 
     def _maybe_prune(self, store: HistoryStore | None) -> HistoryStore | None:
         now = time.time()
