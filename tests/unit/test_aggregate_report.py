@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +45,8 @@ BASE = HistoryRecord(
     action="accept", rule="", stage="eom", facts={})
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """parsedmarc can resolve names and fetch maps; any attempt here is a test failure."""
-    def refuse(*args: object, **kwargs: object) -> Any:
-        raise AssertionError("network access attempted")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+# parsedmarc can resolve names and fetch maps; any attempt here is a test failure.
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def rec(**changes: Any) -> HistoryRecord:

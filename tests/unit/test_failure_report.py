@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import email
-import socket
 from datetime import UTC, datetime
 from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
@@ -62,14 +61,8 @@ TOP_FIELDS = {"From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Au
               "Content-Type", "Content-Transfer-Encoding"}
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """parsedmarc can resolve names and fetch maps; any attempt here is a test failure."""
-    def refuse(*args: object, **kwargs: object) -> Any:
-        raise AssertionError("network access attempted")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+# parsedmarc can resolve names and fetch maps; any attempt here is a test failure.
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def spf(result: str, domain: str = "forger.test") -> SpfResults:
