@@ -97,7 +97,7 @@ class HistoryRecord:
     action: str  # ours: "accept" | "reject" | "tempfail" | "quarantine" | "discard"
     rule: str  # the deciding rule; "" when none matched, or for the fail-safe
     stage: str  # "mail" | "rcpt" | "eom"
-    facts: dict[str, Any]  # the decisive stage's Facts, as JSON values (facts_from reads them)
+    facts: dict[str, Any]  # the decisive stage's Facts as JSON values, arrays as tuples (see facts_from)
     queue_id: str = ""
 
     @property
@@ -184,19 +184,21 @@ def _disposition(dmarc: str, requested: str, action: str, override: str | None,
     return applied, "sampled_out" if testing else "local_policy"
 
 
+_FACT_FIELDS = {f.name: f for f in fields(Facts)}
+_FACT_NAMES = tuple(name for name in _FACT_FIELDS if name != "stage")
+# One encoder for every record: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _facts_json(facts: Facts) -> dict[str, Any]:
+    # Tuples stay tuples: json writes them as arrays, and facts_from reads arrays back as tuples.
     out: dict[str, Any] = {"stage": facts.stage.value}
-    for f in fields(Facts):
-        if f.name == "stage":
-            continue
-        value = getattr(facts, f.name)
-        if value is None:
-            continue
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+    for name in _FACT_NAMES:
+        value = getattr(facts, name)
+        if value is not None:
+            out[name] = value
     return out
 
-
-_FACT_FIELDS = {f.name: f for f in fields(Facts)}
 
 
 def facts_from(data: dict[str, Any]) -> Facts:
@@ -221,7 +223,7 @@ def dumps(record: HistoryRecord) -> str:
         "t": record.time,
         "ip": record.client_ip,
         "ef": record.envelope_from,
-        "et": list(record.envelope_to),
+        "et": record.envelope_to,
         "hf": record.header_from,
         "spf": [[s.domain, s.scope, s.result] for s in record.spf],
         "dkim": [[d.domain, d.selector, d.result, d.human_result] for d in record.dkim],
@@ -230,20 +232,32 @@ def dumps(record: HistoryRecord) -> str:
         "sa": record.spf_aligned,
         "req": record.requested,
         "disp": record.disposition,
-        "ovr": record.override,
         "act": record.action,
-        "rule": record.rule,
         "stage": record.stage,
         "facts": record.facts,
     }
+    # Empty and default values are left out (loads puts them back): every byte is encoded once
+    # per message, on the milter's CPU.
+    if record.override:
+        data["ovr"] = record.override
+    if record.rule:
+        data["rule"] = record.rule
     if record.queue_id:
         data["qid"] = record.queue_id
     if record.policy is not None:
         p = record.policy
-        data["pol"] = {"d": p.domain, "p": p.p, "sp": p.sp, "np": p.np, "adkim": p.adkim,
-                       "aspf": p.aspf, "t": p.testing, "psd": p.psd, "fo": p.fo, "pct": p.pct,
-                       "rua": list(p.rua), "ruf": list(p.ruf), "dm": p.discovery_method}
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        pol: dict[str, Any] = {"d": p.domain, "p": p.p, "adkim": p.adkim, "aspf": p.aspf, "t": p.testing}
+        for key, value in (("sp", p.sp), ("np", p.np), ("psd", p.psd), ("fo", p.fo), ("pct", p.pct)):
+            if value is not None:
+                pol[key] = value
+        if p.rua:
+            pol["rua"] = p.rua
+        if p.ruf:
+            pol["ruf"] = p.ruf
+        if p.discovery_method != "treewalk":
+            pol["dm"] = p.discovery_method
+        data["pol"] = pol
+    return _ENCODE(data)
 
 
 def loads(text: str | bytes) -> HistoryRecord:
@@ -267,6 +281,8 @@ def loads(text: str | bytes) -> HistoryRecord:
         facts = data.get("facts", {})
         if not isinstance(facts, dict):
             raise HistoryError("facts is not an object")
+        # Arrays as tuples, as record_for keeps them: a record read back equals the one written.
+        facts = {k: tuple(v) if isinstance(v, list) else v for k, v in facts.items()}
         return HistoryRecord(
             time=int(data["t"]),
             client_ip=str(data["ip"]),
@@ -281,9 +297,9 @@ def loads(text: str | bytes) -> HistoryRecord:
             policy=policy,
             requested=str(data["req"]),
             disposition=str(data["disp"]),
-            override=str(data["ovr"]),
+            override=str(data.get("ovr", "")),
             action=str(data["act"]),
-            rule=str(data["rule"]),
+            rule=str(data.get("rule", "")),
             stage=str(data["stage"]),
             facts=facts,
             queue_id=str(data.get("qid", "")),

@@ -13,9 +13,9 @@ a thread does not survive fork.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +40,10 @@ class HistoryWriter:
         self._retention = retention_days * 86400
         self._lock = threading.Lock()
         self._pid = 0
-        self._queue: queue.Queue[HistoryRecord | None] = queue.Queue(queue_size)
+        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, and the
+        # milter's threads then pay no lock or condition per message.
+        self._queue: collections.deque[HistoryRecord] = collections.deque()
+        self._busy = False  # a batch is taken off the queue and not yet written
         self._thread: threading.Thread | None = None
         self.written = 0
         self.dropped = 0  # queue full
@@ -54,8 +57,9 @@ class HistoryWriter:
         try:
             if self._pid != os.getpid():
                 self._start()
-            self._queue.put_nowait(record)
-        except queue.Full:
+            if len(self._queue) < self._size:
+                self._queue.append(record)
+                return
             self.dropped += 1
             if self.dropped in (1, 10, 100, 1000) or self.dropped % 10000 == 0:
                 log.warning("history %s: queue full (%d records), %d records dropped so far",
@@ -69,7 +73,8 @@ class HistoryWriter:
                 return
             # A forked child inherits the parent's queue object and no thread: start afresh.
             self._pid = os.getpid()
-            self._queue = queue.Queue(self._size)
+            self._queue = collections.deque()
+            self._busy = False
             self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
             self._thread.start()
 
@@ -79,7 +84,7 @@ class HistoryWriter:
             return True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            if not self._queue and not self._busy:
                 return True
             time.sleep(0.01)
         return False
@@ -90,23 +95,18 @@ class HistoryWriter:
             # Woken by the clock, not by each record: a thread blocked in get() would be woken
             # (and take the GIL from the milter's threads) once per message.
             time.sleep(INTERVAL)
-            while not self._queue.empty():
+            while self._queue:
                 store = self._write_batch(store)
             store = self._maybe_prune(store)
 
     def _write_batch(self, store: HistoryStore | None) -> HistoryStore | None:
+        self._busy = True
+        batch: list[HistoryRecord] = []
         try:
-            first = self._queue.get_nowait()
-        except queue.Empty:
-            return store
-        batch = [first] if first is not None else []
-        while len(batch) < BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                batch.append(item)
+            while len(batch) < BATCH:
+                batch.append(self._queue.popleft())
+        except IndexError:
+            pass
         try:
             if store is None:
                 store = self._open()
@@ -121,8 +121,7 @@ class HistoryWriter:
             self._failed("unexpected error", len(batch))
             store = self._reset(store)
         finally:
-            for _ in range(len(batch) + (1 if first is None else 0)):
-                self._queue.task_done()
+            self._busy = False
         return store
 
     def _maybe_prune(self, store: HistoryStore | None) -> HistoryStore | None:

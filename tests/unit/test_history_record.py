@@ -82,6 +82,23 @@ def test_reject_is_reported_as_reject_without_override() -> None:
     assert r.disposition == "reject" and r.override == "" and r.rule == "dmarc-reject"
 
 
+@pytest.mark.parametrize("message, ip, mail_from", [
+    (make_message(from_="CEO <ceo@report.example>"), "203.0.113.9", "x@elsewhere.invalid"),
+    (make_message(from_="Eve <eve@example.org>"), "203.0.113.9", "x@example.org"),
+])
+def test_every_kept_value_survives_the_round_trip(message: bytes, ip: str, mail_from: str) -> None:
+    # The JSON line leaves out empty and default values; what loads puts back must be what
+    # was there, with and without sp/np/fo/rua/ruf, rule and override.
+    tx, v = run(message, ip=ip, mail_from=mail_from)
+    r = record_for(tx, v, 7.0)
+    assert r is not None
+    back = loads(dumps(r))
+    assert back == r
+    data = json.loads(dumps(r))
+    assert all(value not in ("", None, []) for value in data["pol"].values())
+    assert ("rule" in data) == bool(r.rule) and ("ovr" in data) == bool(r.override)
+
+
 def test_json_round_trip_and_facts_decide_the_same() -> None:
     tx, v = run(make_message(), ip="203.0.113.9", mail_from="x@example.net")
     r = record_for(tx, v, 5.0)
