@@ -37,7 +37,7 @@ from authmilter.files.config import (
 )
 from authmilter.files.policy import PolicyError, load_policy
 from authmilter.files.signing import SigningError, load_signing
-from authmilter.observe.metrics import Metrics
+from authmilter.observe.metrics import HistoryCounts, Metrics
 from authmilter.reports.failure_sender import FailureSender
 from authmilter.reports.writer import HistoryWriter
 from authmilter.store.history import HistoryStore
@@ -230,7 +230,7 @@ def _resolver(config: Config, metrics: Metrics | None) -> DnsResolver:
 
 
 def build_app(config: Config, previous: App | None = None, *, with_metrics: bool = False,
-              with_history: bool = False) -> App:
+              with_history: bool = False, metrics_dir: str | None = None) -> App:
     """Raises PolicyError or SigningError for a policy or signing file with any problem.
 
     Keys that cannot be used (missing, unreadable, too weak) are not errors here: they are logged
@@ -244,7 +244,7 @@ def build_app(config: Config, previous: App | None = None, *, with_metrics: bool
             log.warning("signing: %s", warning)
     metrics = previous.metrics if previous is not None else None
     if metrics is None and with_metrics and config.metrics_listen:
-        metrics = Metrics()
+        metrics = Metrics(multiprocess_dir=metrics_dir)
     if previous is not None and previous.config.dns == config.dns:
         # Same DNS settings: keep the resolver, and with it the warm cache.
         resolver = previous.resolver
@@ -276,6 +276,10 @@ def build_app(config: Config, previous: App | None = None, *, with_metrics: bool
             failure_reports = previous.failure_reports
         else:
             failure_reports = FailureSender(config.reports, resolver, signing=signing)
+    if metrics is not None:
+        writer = history
+        metrics.history_counts = (lambda: HistoryCounts(writer.written, writer.dropped, writer.lost)
+                                  if writer is not None else None)
     return App(config=config, policy=policy, resolver=resolver, generation=generation, metrics=metrics,
                signing=signing, store=store, lists=lists, history=history,
                failure_reports=failure_reports, serving=serving)

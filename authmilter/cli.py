@@ -15,10 +15,11 @@ from authmilter.app import App, AppHolder, build_app
 from authmilter.core.decision import explain
 from authmilter.core.message import split_message
 from authmilter.core.model import Transaction, Verdict
-from authmilter.files.config import ConfigError, load_config, parse_workers, worker_count, workers_problem
+from authmilter.files.config import ConfigError, load_config, parse_workers, worker_count
 from authmilter.files.policy import PolicyError, lint, load_policy
 from authmilter.files.signing import SigningError
 from authmilter.observe.logs import setup_logging
+from authmilter.observe.metrics import enable_multiprocess
 from authmilter.observe.verdicts import verdict_to_dict
 from authmilter.store.history import HistoryStore
 from authmilter.store.sqlite import SqliteStore
@@ -34,11 +35,11 @@ def _load(path: str, *, serving: bool = False, workers: int | str | None = None)
     try:
         config = load_config(path)
         if workers is not None:  # serve --workers overrides the file
-            problem = workers_problem(workers, config.metrics_listen)
-            if problem:
-                raise ConfigError(f"--workers {workers}: {problem}")
             config = dataclasses.replace(config, workers=workers)
-        return build_app(config, with_metrics=serving, with_history=serving)
+        metrics_dir = None
+        if serving and config.metrics_listen and worker_count(config.workers) > 1:
+            metrics_dir = enable_multiprocess()
+        return build_app(config, with_metrics=serving, with_history=serving, metrics_dir=metrics_dir)
     except ConfigError as e:
         print(f"authmilter: config error: {e}", file=sys.stderr)
     except PolicyError as e:

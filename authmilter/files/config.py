@@ -248,16 +248,6 @@ def worker_count(workers: int | str) -> int:
     return max(1, min(cpus, MAX_WORKERS))
 
 
-def workers_problem(workers: int | str, metrics_listen: str) -> str | None:
-    """Why these two settings cannot go together, or None."""
-    if metrics_listen and workers != 1:
-        # Each process would count only the messages it handled, and a scrape would see one
-        # process at random. Not machine-dependent: "auto" is refused even on one CPU.
-        return ("[metrics] listen needs workers = 1: each worker process would count only its own "
-                "messages; remove one of the two")
-    return None
-
-
 def _is_port(text: str) -> bool:
     # str.isdigit() and int() also take other scripts' digits ("\u0661\u0662" is 12), which
     # libmilter and the HTTP server would not: ASCII digits only.
@@ -362,9 +352,6 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
         if problem:
             raise metrics_r.error("listen", problem)
     metrics_r.finish()
-    problem = workers_problem(workers, metrics_listen)
-    if problem:
-        raise top.error("workers", problem)
     store, store_on_error = _store_settings(top.sub("store"), base)
     history = _history_settings(top.sub("history"), base, store)
     reports = _report_settings(top.sub("reports"))

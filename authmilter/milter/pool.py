@@ -31,6 +31,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from authmilter.milter.adapter import (
     reload_app,
 )
 from authmilter.milter.sdnotify import notify
+from authmilter.observe.metrics import open_metrics_socket, serve_metrics_on, worker_gone
 
 log = logging.getLogger("authmilter.pool")
 
@@ -149,6 +151,7 @@ class Supervisor:
         self.wake_r = self.wake_w = -1
         self.unix_path: str | None = None
         self.unix_id: tuple[int, int] | None = None
+        self.metrics_sock: socket.socket | None = None
         self.workers_setting = holder.current.config.workers
         # Worker N runs on cpus[(N - 1) % len(cpus)]; empty: not pinned.
         self.cpus: list[int] = []
@@ -178,6 +181,13 @@ class Supervisor:
             st = os.stat(self.unix_path)
             self.unix_id = (st.st_dev, st.st_ino)
         tag_log_lines()
+        metrics = self.holder.current.metrics
+        if metrics is not None:
+            # Opened here, once: a port in use is reported at start, and a worker that dies
+            # takes no scrape with it.
+            self.metrics_sock = open_metrics_socket(config.metrics_listen)
+            if self.metrics_sock is not None:
+                log.info("metrics on http://%s/metrics, counting every worker", config.metrics_listen)
         # Workers write "ready PID" / "reloaded PID OK" lines; one write() of a short line into a
         # pipe is atomic, so lines from several workers never mix.
         self.status_r, self.status_w = _pipe()
@@ -262,6 +272,9 @@ class Supervisor:
             if worker is None:
                 continue
             self.reload_waiting.discard(pid)
+            metrics = self.holder.current.metrics
+            if metrics is not None and metrics.multiprocess_dir is not None:
+                worker_gone(metrics.multiprocess_dir, pid)
             if self.stopping or self.rc is not None:
                 log.info("worker %d (pid %d) ended: %s", worker.slot, pid, _describe(status))
                 continue
@@ -389,6 +402,8 @@ class Supervisor:
                 os.unlink(self.unix_path)
             except OSError as e:
                 log.warning("cannot remove %s: %s", self.unix_path, e)
+        if self.metrics_sock is not None:
+            self.metrics_sock.close()
         return rc
 
     # --- in the child ------------------------------------------------------------------------
@@ -401,7 +416,7 @@ class Supervisor:
                 os.close(fd)
             cpu = self.cpus[(slot - 1) % len(self.cpus)] if self.cpus else None
             code = _WorkerProcess(self.holder, slot, self.listen_fd, self.status_w,
-                                  self.lifeline_r, cpu).run()
+                                  self.lifeline_r, cpu, self.metrics_sock).run()
         except BaseException:
             log.exception("worker %d failed", slot)
         finally:
@@ -416,8 +431,9 @@ class _WorkerProcess:
     """One worker: libmilter in a thread, this main thread waiting for signals and the lifeline."""
 
     def __init__(self, holder: AppHolder, slot: int, listen_fd: int, status_w: int,
-                 lifeline_r: int, cpu: int | None) -> None:
+                 lifeline_r: int, cpu: int | None, metrics_sock: socket.socket | None = None) -> None:
         self.holder = holder
+        self.metrics_sock = metrics_sock
         self.cpu = cpu
         self.slot = slot
         self.listen_fd = listen_fd
@@ -462,6 +478,10 @@ class _WorkerProcess:
                             self.cpu, e)
         libmilter = LibmilterThread()
         libmilter.start()
+        metrics = self.holder.current.metrics
+        if metrics is not None and self.metrics_sock is not None:
+            metrics.after_fork()
+            serve_metrics_on(metrics, self.metrics_sock)
         self._tell(f"ready {os.getpid()}")
         log.info("worker %d serving%s", self.slot, where)
         while True:

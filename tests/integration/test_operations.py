@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -111,6 +112,34 @@ def test_metrics_counters_move_by_the_right_amounts(tmp_path: Path, dns: DnsServ
     assert moved("authmilter_dns_cache_hits_total") > 0
     assert sum(v for k, v in after.items() if k.startswith("authmilter_dns_lookup_seconds_count{")) >= 1
     assert moved('authmilter_dns_lookups_total{rdtype="TXT",status="ok"}') >= 1
+
+
+def test_the_dashboard_and_the_readme_name_only_metrics_the_milter_exports(tmp_path: Path,
+                                                                          dns: DnsServer) -> None:
+    port = free_port()
+    m = MilterProcess(tmp_path, dns_port=dns.port,
+                      extra=f'policy = "{DEFAULT}"\n[metrics]\nlisten = "127.0.0.1:{port}"').start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    finally:
+        m.stop()
+    # A counter's TYPE line names it with _total; prometheus-client adds a _created gauge beside it.
+    families = {name.removesuffix("_total") for name in re.findall(r"^# TYPE (\S+) ", text, re.M)
+                if not name.endswith("_created")}
+    exported = families | {f + "_total" for f in families} | {
+        f + suffix for f in families for suffix in ("_bucket", "_count", "_sum")}
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    named = {n for e in exprs for n in re.findall(r"authmilter_[a-z_]+", e)}
+    assert len(named) >= 10 and named <= exported, sorted(named - exported)
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`(authmilter_[a-z_]+)", readme))
+    assert documented <= exported, sorted(documented - exported)
+    # And every family is documented.
+    undocumented = {f for f in families if f.startswith("authmilter_")} - {
+        d.removesuffix("_total") for d in documented} - {"authmilter_dns_cache_misses"}
+    assert not undocumented, sorted(undocumented)
 
 
 def test_unreachable_metrics_port_is_logged_and_mail_still_served(tmp_path: Path, dns: DnsServer) -> None:
