@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import email.utils
+import ipaddress
 import json
 import logging
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from authmilter.app import App, AppHolder, build_app
 from authmilter.core.decision import explain
 from authmilter.core.message import split_message
-from authmilter.core.model import Transaction, Verdict
+from authmilter.core.model import Header, Transaction, Verdict
+from authmilter.defaults import SAMPLE_CONFIG, SYSTEM_CONFIG
 from authmilter.files.config import ConfigError, load_config, parse_workers, worker_count
 from authmilter.files.policy import PolicyError, lint, load_policy
 from authmilter.files.signing import SigningError
@@ -30,8 +34,21 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as 
 EXIT_USAGE = 64
 
 
-def _load(path: str, *, serving: bool = False, workers: int | str | None = None) -> App:
+def _config_path(given: str | None) -> str:
+    """-c, else the system-wide config; exits 78 saying what to do when that is missing."""
+    if given:
+        return given
+    if not SYSTEM_CONFIG.exists():
+        print(f"authmilter: no config: {SYSTEM_CONFIG} (read when -c is not given) does not exist.\n"
+              f"  Start from the sample: authmilter sample-config > {SYSTEM_CONFIG}\n"
+              "  or name a config file with -c FILE.", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    return str(SYSTEM_CONFIG)
+
+
+def _load(path: str | None, *, serving: bool = False, workers: int | str | None = None) -> App:
     """`serving`: for `serve`, the one command that keeps metrics and writes the history."""
+    path = _config_path(path)
     try:
         config = load_config(path)
         if workers is not None:  # serve --workers overrides the file
@@ -76,6 +93,36 @@ def _workers_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _envelope(args: argparse.Namespace, headers: Sequence[Header]) -> tuple[str, str, tuple[str, ...]]:
+    """HELO, MAIL FROM and RCPT TO: as given, or assumed from the message, saying so on stderr."""
+    def field(name: str) -> str:
+        return ", ".join(h.value.decode("utf-8", "replace") for h in headers
+                         if h.name.decode("ascii", "replace").strip().lower() == name)
+
+    assumed: list[str] = []
+    helo = args.helo
+    if helo is None:
+        helo = f"[{args.client_ip}]"
+        assumed.append(f"--helo {helo} (the client's address literal)")
+    if args.mail_from is None:
+        found = [a for _, a in email.utils.getaddresses([field("from")]) if "@" in a]
+        mail_from = found[0] if found else ""
+        why = "the From field" if found else "the null sender: the From field has no address"
+        assumed.append(f"--mail-from {mail_from or '<>'} ({why})")
+    else:
+        mail_from = args.mail_from.strip()
+        if mail_from.startswith("<") and mail_from.endswith(">"):
+            mail_from = mail_from[1:-1]
+    rcpts = tuple(args.rcpt or ())
+    if not rcpts:
+        rcpts = tuple(dict.fromkeys(a for _, a in email.utils.getaddresses([field("to"), field("cc")])
+                                    if "@" in a))
+        assumed.append(f"--rcpt {' '.join(rcpts) or '(none)'} (the To and Cc fields)")
+    if assumed:
+        print("authmilter: assumed " + "; ".join(assumed), file=sys.stderr)
+    return helo, mail_from, rcpts
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     app = _load(args.config)
     setup_logging("debug" if args.verbose else "warning")
@@ -88,14 +135,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     headers, body = split_message(raw, notes)
     for note in notes:
         print(f"authmilter: note: {note}", file=sys.stderr)
-    mail_from = args.mail_from.strip()
-    if mail_from.startswith("<") and mail_from.endswith(">"):
-        mail_from = mail_from[1:-1]
+    helo, mail_from, rcpts = _envelope(args, headers)
     tx = Transaction(
         client_ip=args.client_ip,
-        helo=args.helo,
+        helo=helo,
         mail_from=mail_from,
-        rcpts=tuple(args.rcpt or ()),
+        rcpts=rcpts,
         headers=headers,
         body=body,
         queue_id="check",
@@ -223,7 +268,7 @@ def cmd_testkey(args: argparse.Namespace) -> int:
     from authmilter.files.signing import SigningError, load_signing
 
     try:
-        config = load_config(args.config)
+        config = load_config(_config_path(args.config))
     except ConfigError as e:
         print(f"authmilter: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -383,22 +428,44 @@ def cmd_report_send(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_sample_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(SAMPLE_CONFIG.read_text())
+    return 0
+
+
+def _ip_arg(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 64 (EX_USAGE), as the config errors exit 78: sysexits.h, not argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="authmilter", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="authmilter", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("serve", help="run the milter")
-    s.add_argument("-c", "--config", required=True, help="TOML config file")
+    s.add_argument("-c", "--config", help=f"TOML config file (default {SYSTEM_CONFIG})")
     s.add_argument("--workers", type=_workers_arg, metavar="N",
                    help='worker processes, or "auto" for one per CPU (overrides the config\'s workers)')
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check", help="evaluate one message as the milter would")
-    c.add_argument("-c", "--config", required=True, help="TOML config file")
-    c.add_argument("--client-ip", required=True, help="SMTP client address")
-    c.add_argument("--helo", required=True, help="HELO/EHLO name")
-    c.add_argument("--mail-from", required=True, help='MAIL FROM address ("" for the null sender)')
-    c.add_argument("--rcpt", action="append", help="RCPT TO address (repeatable)")
+    c.add_argument("-c", "--config", help=f"TOML config file (default {SYSTEM_CONFIG})")
+    c.add_argument("--client-ip", required=True, type=_ip_arg, help="SMTP client address")
+    c.add_argument("--helo", help="HELO/EHLO name (default: the client's address literal, [IP])")
+    c.add_argument("--mail-from",
+                   help='MAIL FROM address, "" for the null sender (default: the From field\'s address)')
+    c.add_argument("--rcpt", action="append",
+                   help="RCPT TO address, repeatable (default: the To and Cc fields' addresses)")
     c.add_argument("--auth-user", help="act as if the client authenticated (SASL) as this user")
     c.add_argument("--daemon", help="the MTA daemon name ({daemon_name}) the message came in on")
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -417,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     lint_p.add_argument("files", nargs="*", help="policy files")
     lint_p.set_defaults(func=cmd_policy_lint)
     prev = psub.add_parser("preview", help="decide the recorded traffic again under draft policy files")
-    prev.add_argument("-c", "--config", required=True, help="TOML config file (its [history])")
+    prev.add_argument("-c", "--config", help=f"TOML config file, for its [history] (default {SYSTEM_CONFIG})")
     prev.add_argument("--since", type=_since_arg, default="7d",
                       help="from: a duration back from now (7d, 36h) or a UTC date (default 7d)")
     prev.add_argument("--until", type=_since_arg, help="to (default: now)")
@@ -429,13 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="DMARC reports from the recorded history")
     rsub = rep.add_subparsers(dest="report_command", required=True)
     send_p = rsub.add_parser("send", help="send one UTC day's aggregate reports (default: yesterday)")
-    send_p.add_argument("-c", "--config", required=True, help="TOML config file")
+    send_p.add_argument("-c", "--config", help=f"TOML config file (default {SYSTEM_CONFIG})")
     send_p.add_argument("--day", type=_day_arg, help="the UTC day, YYYY-MM-DD (default: yesterday)")
     send_p.add_argument("--domain", action="append", help="only this policy domain (repeatable)")
     send_p.add_argument("--dry-run", action="store_true",
                         help="build and check the reports, send nothing, claim nothing")
     send_p.add_argument("--out", metavar="DIR", help="also write each report's .xml.gz here")
     send_p.set_defaults(func=cmd_report_send)
+
+    sc = sub.add_parser("sample-config", help="print the sample config, every key with its default")
+    sc.set_defaults(func=cmd_sample_config)
 
     g = sub.add_parser("genkey", help="make a DKIM key (mode 0600) and print its DNS TXT record")
     g.add_argument("--domain", required=True, help="the signing domain (d=)")
@@ -446,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_genkey)
 
     t = sub.add_parser("testkey", help="check that each signing key's DNS record matches the key")
-    t.add_argument("-c", "--config", required=True, help="TOML config file (its [dns] and signing file)")
+    t.add_argument("-c", "--config",
+                   help=f"TOML config file, for its [dns] and signing file (default {SYSTEM_CONFIG})")
     t.add_argument("--signing", help="the signing file, instead of the one the config names")
     t.set_defaults(func=cmd_testkey)
     return p

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import struct
@@ -230,7 +231,10 @@ class MilterProcess:
             f'socket = "{self.socket_spec}"\n'
             f'authserv_id = "{authserv_id}"\n'
             'log_level = "debug"\n'
-            f"{extra}\n"
+            # A test that names no policy wants none (every message accepted), not the shipped
+            # default that a config without `policy` gets.
+            + ("" if re.search(r"^policy\s*=", extra, re.M) else "policy = []\n")
+            + f"{extra}\n"
             # Each milter records its own history: nothing goes to /var/lib on the test host.
             # Before [dns], which stays last: some tests append keys to it.
             + ("" if "[history]" in extra else f'[history]\npath = "{workdir / "history.db"}"\n')

@@ -21,6 +21,7 @@ from authmilter.core.checks.dnslists import KINDS, DnsList
 from authmilter.core.checks.greylist import GreylistSettings
 from authmilter.core.checks.ratelimit import COUNTS, DIRECTIONS, RATE_KEYS, RateLimit
 from authmilter.core.evaluate import EvalSettings
+from authmilter.defaults import DEFAULT_POLICY
 from authmilter.files.policy import _Locator
 
 
@@ -296,17 +297,27 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     fail_safe = top.take_choice("fail_safe", "tempfail", _FAIL_SAFE)
     signing = top.take_path("signing", "")
     signing_file = str((Path(path).resolve().parent / signing).resolve()) if signing else ""
-    policy = top.take("policy", (str, list), [])
-    policy_list = [policy] if isinstance(policy, str) else policy
+    policy = top.take("policy", (str, list), None)
     base = Path(path).resolve().parent
     policy_files: list[str] = []
-    for item in policy_list:
+    if policy is None:
+        # No `policy` key: the policy shipped with the program, so that a config file copied
+        # anywhere (or a new one with two lines) protects as the sample does. `policy = []`
+        # is how to say "no rules, accept everything".
+        policy_files.append(str(DEFAULT_POLICY.resolve()))
+    for item in [policy] if isinstance(policy, str) else policy or []:
         if not isinstance(item, str) or not item:
             raise top.error("policy", "expected a file name or a list of file names")
         if "\0" in item:
             raise top.error("policy", f"{item!r}: a file name cannot contain a NUL character")
         # Relative to the config file, so a config directory can be moved as a whole.
-        policy_files.append(str((base / item).resolve()))
+        resolved = (base / item).resolve()
+        if not resolved.is_file():
+            where = "" if Path(item).is_absolute() else f" (relative to this file's directory {base})"
+            raise top.error("policy", f"{item!r} is {resolved}{where}, which is not a file; name an "
+                                      "existing policy file, or leave `policy` out for the shipped "
+                                      f"default ({DEFAULT_POLICY.resolve()})")
+        policy_files.append(str(resolved))
 
     dns_r = top.sub("dns")
     nameservers = dns_r.take("nameservers", list, [])

@@ -223,3 +223,56 @@ def test_check_refuses_at_mail_from_on_iprev_and_helo_rules(tmp_path: Path, dns:
                       "--mail-from", "alice@example.org")
     assert (ours["action"], ours["stage"], ours["rule"]) == ("reject", "mail", "ours")
     assert ours["helo"]["is_ours"] is True and ours["iprev"]["result"] == "pass"  # the first rule's
+
+
+# --- a newcomer's path -------------------------------------------------------------------------
+
+
+def test_only_the_client_ip_is_needed_and_what_was_assumed_is_named(tmp_path: Path, config: Path) -> None:
+    # The fixture's config names no policy: the shipped default decides, so the spoof is refused.
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message(from_="Alice <alice@example.org>", to="Bob <bob@example.com>"))
+    r = check(config, eml, "--client-ip", "203.0.113.5")
+    assert r.returncode == 0, r.stderr
+    assert ("assumed --helo [203.0.113.5] (the client's address literal); --mail-from alice@example.org "
+            "(the From field); --rcpt bob@example.com (the To and Cc fields)") in r.stderr
+    assert "action: reject 550 5.7.26" in r.stdout
+
+
+@pytest.mark.parametrize("ip", ["999.1.1.1", "mail.example.org", ""])
+def test_a_client_ip_that_is_no_address_is_refused_with_ex_usage(tmp_path: Path, config: Path,
+                                                                  ip: str) -> None:
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message())
+    r = check(config, eml, "--client-ip", ip)
+    assert r.returncode == 64 and "is not an IPv4 or IPv6 address" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+def test_the_sample_config_printed_and_copied_anywhere_works_with_the_shipped_policy(
+        tmp_path: Path, dns: DnsServer) -> None:
+    sample = subprocess.run([sys.executable, "-m", "authmilter", "sample-config"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30, check=True).stdout
+    assert sample == (ROOT / "etc" / "authmilter.toml").read_text()
+    elsewhere = tmp_path / "etc" / "authmilter"
+    elsewhere.mkdir(parents=True)
+    cfg = elsewhere / "authmilter.toml"
+    ours = sample.replace("nameservers = []\nport = 53\n",
+                          f'nameservers = ["127.0.0.1"]\nport = {dns.port}\n')
+    assert ours != sample
+    cfg.write_text(ours)
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message(from_="Alice <alice@example.org>"))
+    r = check(cfg, eml, "--client-ip", "203.0.113.5", "--explain")
+    assert r.returncode == 0, r.stderr
+    assert "action: reject" in r.stdout and "dmarc-reject" in r.stdout
+
+
+def test_serve_without_c_reads_the_system_config_and_says_so_when_it_is_missing() -> None:
+    if Path("/etc/authmilter/authmilter.toml").exists():
+        pytest.skip("this host has /etc/authmilter/authmilter.toml; the test needs it absent")
+    r = subprocess.run([sys.executable, "-m", "authmilter", "serve"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 78
+    assert "no config: /etc/authmilter/authmilter.toml (read when -c is not given) does not exist" in r.stderr
+    assert "authmilter sample-config >" in r.stderr

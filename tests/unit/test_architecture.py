@@ -51,7 +51,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "authmilter.core.evaluate": ("authmilter.core",),
     "authmilter.dns": (D, M, "authmilter.dnswire"),
     "authmilter.dnswire": (D, M),
-    "authmilter.files": ("authmilter.core",),
+    "authmilter.defaults": (),  # data files and their paths only
+    "authmilter.files": ("authmilter.core", "authmilter.defaults"),
     "authmilter.store": ("authmilter.core",),
     "authmilter.reports": ("authmilter.core", "authmilter.store", "authmilter.files"),
     "authmilter.observe": ("authmilter.core", "authmilter.dns"),

@@ -90,14 +90,42 @@ def test_valid_sockets(spec: str) -> None:
 
 def test_policy_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
+    (tmp_path / "policies").mkdir()
+    for f in (tmp_path / "policies" / "default.toml", tmp_path / "abs.toml", tmp_path / "etc" / "one.toml"):
+        f.write_text("")
     p = tmp_path / "etc" / "a.toml"
-    p.write_text('policy = ["../policies/default.toml", "/abs/x.toml"]\n')
-    assert load_config(p).policy_files == (str(tmp_path / "policies" / "default.toml"), "/abs/x.toml")
+    p.write_text(f'policy = ["../policies/default.toml", "{tmp_path / "abs.toml"}"]\n')
+    expected = (str(tmp_path / "policies" / "default.toml"), str(tmp_path / "abs.toml"))
+    assert load_config(p).policy_files == expected
     p.write_text('policy = "one.toml"\n')
     assert load_config(p).policy_files == (str(tmp_path / "etc" / "one.toml"),)
     p.write_text("policy = [3]\n")
     with pytest.raises(ConfigError, match="policy: expected a file name"):
         load_config(p)
+
+
+def test_no_policy_key_means_the_shipped_default_and_an_empty_list_means_none(tmp_path: Path) -> None:
+    p = tmp_path / "a.toml"
+    p.write_text('socket = "inet:8891@127.0.0.1"\n')
+    (shipped,) = load_config(p).policy_files
+    assert Path(shipped).read_text() == (ROOT / "policies" / "default.toml").read_text()
+    p.write_text("policy = []\n")
+    assert load_config(p).policy_files == ()
+
+
+def test_a_missing_policy_file_names_the_key_line_and_where_the_path_led(tmp_path: Path) -> None:
+    # The sample config once said "../policies/default.toml": copied to /etc/authmilter/ that is
+    # /etc/policies/default.toml, and the error must say where that came from.
+    (tmp_path / "etc" / "authmilter").mkdir(parents=True)
+    p = tmp_path / "etc" / "authmilter" / "authmilter.toml"
+    p.write_text('log_level = "info"\npolicy = ["../policies/default.toml"]\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    text = str(e.value)
+    assert text.startswith(f"{p}:2: policy:"), text
+    assert str(tmp_path / "etc" / "policies" / "default.toml") in text
+    assert f"relative to this file's directory {tmp_path / 'etc' / 'authmilter'}" in text
+    assert "leave `policy` out for the shipped default" in text
 
 
 # Found by tests/unit/test_properties_config.py: each loaded, and broke only later (a traceback at

@@ -40,7 +40,7 @@ class FakeContext:
 @pytest.fixture
 def connection(tmp_path: Path) -> tuple[AuthMilter, FakeContext]:
     config = tmp_path / "authmilter.toml"
-    config.write_text('socket = "inet:8891@127.0.0.1"\nauthserv_id = "mx.test.example"\n'
+    config.write_text('socket = "inet:8891@127.0.0.1"\nauthserv_id = "mx.test.example"\npolicy = []\n'
                       '[dns]\nnameservers = ["127.0.0.1"]\nport = 9\ntimeout = 0.2\n')
     AuthMilter.holder = AppHolder(build_app(load_config(str(config))))
     m = AuthMilter()

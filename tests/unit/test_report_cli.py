@@ -33,7 +33,7 @@ def test_preview_of_an_empty_history_says_so(tmp_path: Path, capsys: pytest.Capt
 def test_preview_refuses_a_bad_period(tmp_path: Path, arg: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["policy", "preview", "-c", str(config(tmp_path)), *arg, "d.toml"])
-    assert e.value.code == 2  # argparse's usage error
+    assert e.value.code == 64  # EX_USAGE
 
 
 def test_report_send_needs_who_we_are(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,4 +52,4 @@ def test_report_send_with_history_off_says_nothing_is_recorded(tmp_path: Path,
 def test_report_send_refuses_a_bad_day(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["report", "send", "-c", str(config(tmp_path)), "--day", "2026-13-01"])
-    assert e.value.code == 2
+    assert e.value.code == 64
