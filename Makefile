@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/authmilter.toml
 APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev libmilter-dev ca-certificates systemd
+# `make deb` also needs dpkg-shlibdeps.
+DEB_APT_PACKAGES := $(APT_PACKAGES) dpkg-dev
 
-.PHONY: setup system-packages run test lint unit integration clean
+.PHONY: setup system-packages run test lint unit integration clean deb
 
 setup: system-packages $(VENV)/.installed
 
@@ -38,7 +40,13 @@ test: setup lint
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
+
+# dist/authmilter_<version>_<arch>.deb, built with dpkg-deb (packaging/build-deb.sh; install and
+# purge: systemd/README.md). Needs no project venv: the package builds its own.
+deb:
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(DEB_APT_PACKAGES)"
+	packaging/build-deb.sh
 
 # The load benchmark (benchmarks/README.md): `make bench BENCH_ARGS="-n 300 --scenario inbound"`.
 .PHONY: bench
