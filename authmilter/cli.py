@@ -1,10 +1,11 @@
-"""The `authmilter` command: serve, check."""
+"""The `authmilter` command: serve the milter, check a message, and the tools around them."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import email.utils
+import importlib.metadata
 import ipaddress
 import json
 import logging
@@ -440,6 +441,13 @@ def _ip_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("authmilter")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "(not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 64 (EX_USAGE), as the config errors exit 78: sysexits.h, not argparse's 2."""
 
@@ -450,6 +458,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="authmilter", description=__doc__)
+    p.add_argument("--version", action="version", version=f"authmilter {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("serve", help="run the milter")

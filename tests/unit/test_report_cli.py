@@ -53,3 +53,14 @@ def test_report_send_refuses_a_bad_day(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["report", "send", "-c", str(config(tmp_path)), "--day", "2026-13-01"])
     assert e.value.code == 64
+
+
+def test_version_and_help_name_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from authmilter.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("authmilter 0.")
+    text = build_parser().format_help()
+    for command in ("serve", "check", "policy", "report", "sample-config", "genkey", "testkey"):
+        assert f"    {command} " in text, command
