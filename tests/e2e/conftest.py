@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pytest
 
@@ -178,11 +179,17 @@ def rig(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer, postfix_instal
         postfix.cleanup()
 
 
+@runtime_checkable
+class HasLogs(Protocol):
+    def logs(self) -> str: ...
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failed e2e test shows Postfix's maillog and authmilter's log: the reason is usually there."""
+    """A failed e2e test shows the MTA's log and authmilter's log: the reason is usually there."""
     report = yield
     rig = getattr(item, "funcargs", {}).get("rig")
-    if report.failed and isinstance(rig, Rig):
+    # Any rig with logs(): the Sendmail suite's rig shows Sendmail's log the same way.
+    if report.failed and isinstance(rig, HasLogs):
         report.sections.append(("e2e logs", rig.logs()))
     return report
