@@ -19,9 +19,16 @@ from typing import Protocol, runtime_checkable
 import pytest
 
 from tests.dnsserver import DnsServer
-from tests.e2e.postfix import PostfixInstance, PostfixUnavailable, Reply, SmtpClient, ensure_installed
+from tests.e2e.postfix import (
+    Delivered,
+    PostfixInstance,
+    PostfixUnavailable,
+    Reply,
+    SmtpClient,
+    ensure_installed,
+)
 from tests.integration.zones import zone
-from tests.mailfactory import rsa_key, write_private_key
+from tests.mailfactory import make_message, rsa_key, sign, write_private_key
 from tests.milterclient import ROOT, MilterProcess, free_port
 
 DEFAULT_POLICY = ROOT / "policies" / "default.toml"
@@ -177,6 +184,24 @@ def rig(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer, postfix_instal
         for m in started:
             m.stop()
         postfix.cleanup()
+
+
+# --- messages and headers, for every MTA's suite ------------------------------------------------
+
+
+def signed(local: str, message_id: str, *, extra: tuple[bytes, ...] = ()) -> bytes:
+    """A message from LOCAL@sender.example, DKIM-signed by sender.example (From..Message-ID)."""
+    msg = make_message(from_=f"Alice <{local}@sender.example>", to=RCPT, message_id=message_id,
+                       extra_headers=extra)
+    return sign(msg, domain="sender.example", selector="rsa", key=rsa_key())
+
+
+def authserv_id(value: str) -> str:
+    return value.split(";", 1)[0].strip()
+
+
+def ours(d: Delivered) -> list[str]:
+    return [v for v in d.headers("Authentication-Results") if authserv_id(v) == AUTHSERV_ID]
 
 
 @runtime_checkable

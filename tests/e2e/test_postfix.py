@@ -19,28 +19,23 @@ import pytest
 
 from authmilter.core.checks.dkim import verify_dkim
 from tests.e2e import postfix
-from tests.e2e.conftest import AUTHSERV_ID, INTERNAL_IP, OUTSIDE_IP, RCPT, Rig, sender_example
-from tests.e2e.postfix import Delivered, Reply
-from tests.mailfactory import make_message, rsa_key, sign
+from tests.e2e.conftest import (
+    AUTHSERV_ID,
+    INTERNAL_IP,
+    OUTSIDE_IP,
+    RCPT,
+    Rig,
+    authserv_id,
+    ours,
+    sender_example,
+    signed,
+)
+from tests.e2e.postfix import Reply
+from tests.mailfactory import make_message
 from tests.zoneresolver import ZoneResolver
 
 # Header fields virtual(8) adds when it writes the Maildir file, above everything else.
 DELIVERY_FIELDS = {"return-path", "x-original-to", "delivered-to"}
-
-
-def signed(local: str, message_id: str, *, extra: tuple[bytes, ...] = ()) -> bytes:
-    """A message from LOCAL@sender.example, DKIM-signed by sender.example (From..Message-ID)."""
-    msg = make_message(from_=f"Alice <{local}@sender.example>", to=RCPT, message_id=message_id,
-                       extra_headers=extra)
-    return sign(msg, domain="sender.example", selector="rsa", key=rsa_key())
-
-
-def authserv_id(value: str) -> str:
-    return value.split(";", 1)[0].strip()
-
-
-def ours(d: Delivered) -> list[str]:
-    return [v for v in d.headers("Authentication-Results") if authserv_id(v) == AUTHSERV_ID]
 
 
 def assert_not_delivered(rig: Rig, message_id: str) -> None:

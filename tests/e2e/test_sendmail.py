@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from tests.dnsserver import DnsServer
-from tests.e2e.conftest import AUTHORISED_IP, AUTHSERV_ID, DEFAULT_POLICY, OUTSIDE_IP, RCPT, start_milter
+from tests.e2e.conftest import (
+    AUTHORISED_IP,
+    AUTHSERV_ID,
+    DEFAULT_POLICY,
+    OUTSIDE_IP,
+    RCPT,
+    authserv_id,
+    ours,
+    signed,
+    start_milter,
+)
 from tests.e2e.postfix import Delivered, Reply, SmtpClient
 from tests.e2e.sendmail import (
     SendmailInstance,
@@ -31,7 +41,7 @@ from tests.e2e.sendmail import (
     wait_for,
 )
 from tests.integration.zones import zone
-from tests.mailfactory import make_message, rsa_key, sign
+from tests.mailfactory import make_message
 from tests.milterclient import MilterProcess, free_port
 
 SENDMAIL_DNS_HOSTS = [f"127.0.53.{n}" for n in range(53, 73)]
@@ -156,20 +166,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer, sendmail_dns: 
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def signed(local: str, message_id: str, *, extra: tuple[bytes, ...] = ()) -> bytes:
-    msg = make_message(from_=f"Alice <{local}@sender.example>", to=RCPT, message_id=message_id,
-                       extra_headers=extra)
-    return sign(msg, domain="sender.example", selector="rsa", key=rsa_key())
-
-
-def authserv_id(value: str) -> str:
-    return value.split(";", 1)[0].strip()
-
-
-def ours(d: Delivered) -> list[str]:
-    return [v for v in d.headers("Authentication-Results") if authserv_id(v) == AUTHSERV_ID]
 
 
 def sendmail_queue_id(d: Delivered) -> str:

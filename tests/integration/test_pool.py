@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,9 +23,10 @@ import pytest
 from miltertest import MilterError
 
 from tests.dnsserver import DnsServer
+from tests.integration.test_operations import scrape
 from tests.integration.zones import example_org
 from tests.mailfactory import make_message, rsa_key, sign
-from tests.milterclient import ROOT, MilterProcess, MtaSession, Outcome
+from tests.milterclient import ROOT, MilterProcess, MtaSession, Outcome, free_port
 
 DEFAULT = ROOT / "policies" / "default.toml"
 ENFORCE = """
@@ -393,23 +393,6 @@ def test_cli_workers_override_the_config(tmp_path: Path, dns: DnsServer) -> None
 
 
 # --- metrics ---------------------------------------------------------------------------------
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_one_metrics_endpoint_counts_every_worker_and_the_dead(
