@@ -223,17 +223,33 @@ def _antispam_lines(verdict: Verdict, which: str) -> list[str]:
 
 
 def cmd_policy_lint(args: argparse.Namespace) -> int:
-    files = list(args.files)
-    if not files and args.config:
+    # Files named together are one set, read in order as the milter reads a config's `policy`.
+    # A folder's *.toml are each linted on their own: a folder of policies (policies/examples)
+    # holds alternatives, not one set; `lint -c CONFIG` checks the set a config really uses.
+    sets: list[list[str]] = []
+    named: list[str] = []
+    for given in args.files:
+        if Path(given).is_dir():
+            found = sorted(str(p) for p in Path(given).glob("*.toml") if p.is_file())
+            if not found:
+                print(f"authmilter: policy lint: {given} is a folder with no *.toml file", file=sys.stderr)
+                return EXIT_USAGE
+            sets += [[f] for f in found]
+        else:
+            named.append(given)
+    if named:
+        sets.insert(0, named)
+    if not sets and args.config:
         try:
-            files = list(load_config(args.config).policy_files)
+            sets = [list(load_config(args.config).policy_files)]
         except ConfigError as e:
             print(f"authmilter: config error: {e}", file=sys.stderr)
             return EXIT_CONFIG
+    files = [f for group in sets for f in group]
     if not files:
-        print("authmilter: policy lint: name policy files, or a config with -c", file=sys.stderr)
+        print("authmilter: policy lint: name policy files or folders, or a config with -c", file=sys.stderr)
         return EXIT_USAGE
-    problems = lint(files)
+    problems = [p for group in sets for p in lint(group)]
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
@@ -490,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     psub = pol.add_subparsers(dest="policy_command", required=True)
     lint_p = psub.add_parser("lint", help="validate policy files; exit 1 with file:line errors")
     lint_p.add_argument("-c", "--config", help="lint the policy files this config names")
-    lint_p.add_argument("files", nargs="*", help="policy files")
+    lint_p.add_argument("files", nargs="*", help="policy files, or folders (their *.toml)")
     lint_p.set_defaults(func=cmd_policy_lint)
     prev = psub.add_parser("preview", help="decide the recorded traffic again under draft policy files")
     prev.add_argument("-c", "--config", help=f"TOML config file, for its [history] (default {SYSTEM_CONFIG})")

@@ -7,6 +7,7 @@ not warnings: a misspelt key silently ignored is a security setting silently not
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -138,11 +139,13 @@ class _Reader:
         self.table = dict(table)
         self.prefix = prefix
         self.parts = parts
+        self.known: set[str] = set()  # every key asked for, present or not: for "did you mean"
 
     def error(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.path}: {self.prefix}{_display_key(key)}: {reason}", (*self.parts, key))
 
     def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.known.add(key)
         if key not in self.table:
             return default
         value = self.table.pop(key)
@@ -185,7 +188,19 @@ class _Reader:
     def finish(self) -> None:
         if self.table:
             unknown = sorted(self.table)[0]
-            raise self.error(unknown, "unknown key")
+            close = difflib.get_close_matches(unknown, sorted(self.known), n=1, cutoff=0.6)
+            hint = f"; did you mean {self.prefix}{close[0]}?" if close else ""
+            raise self.error(unknown, f"unknown key{hint}")
+
+
+def _toml_words(message: str) -> str:
+    """tomllib's message, with what it usually means in words an operator can act on."""
+    if message.startswith("Illegal character '\\n'"):
+        return (f"a line ends inside a string: a closing quote is missing ({message}); a string "
+                "that spans lines needs triple quotes")
+    if message.startswith("Cannot overwrite a value") or message.startswith("Cannot declare"):
+        return f"a key or table is given twice ({message})"
+    return message
 
 
 def _display_key(key: str) -> str:
@@ -290,6 +305,7 @@ def parse_config(path: str, data: Mapping[str, Any]) -> Config:
     max_header_bytes = top.take_int("max_header_bytes", Config.max_header_bytes, 64 * 1024, 1 << 30)
     max_header_fields = top.take_int("max_header_fields", Config.max_header_fields, 100, 10_000_000)
     try:
+        top.known.add("workers")
         workers = parse_workers(top.table.pop("workers", 1))
     except ValueError as e:
         raise top.error("workers", str(e)) from None
@@ -587,7 +603,7 @@ def load_config(path: str | Path) -> Config:
         m = re.search(r"\(at line (\d+),", str(e))
         # Lines counted in "\n", as TOML does (str.splitlines() also breaks at form feeds).
         line = int(m.group(1)) if m else text.rstrip("\n").count("\n") + 1
-        raise ConfigError(f"{name}:{line}: {e}") from None
+        raise ConfigError(f"{name}:{line}: {_toml_words(str(e))}") from None
     try:
         return parse_config(name, data)
     except ConfigError as e:
