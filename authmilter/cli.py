@@ -54,6 +54,10 @@ def _load(path: str | None, *, serving: bool = False, workers: int | str | None 
         config = load_config(path)
         if workers is not None:  # serve --workers overrides the file
             config = dataclasses.replace(config, workers=workers)
+        if serving:
+            # Before the app is built: what loading it warns about (a key that cannot be read)
+            # goes out in the configured format and target, like every later line.
+            setup_logging(config.log_level, config.log_format, config.log_target, config.syslog_socket)
         metrics_dir = None
         if serving and config.metrics_listen and worker_count(config.workers) > 1:
             metrics_dir = enable_multiprocess()
@@ -70,7 +74,6 @@ def _load(path: str | None, *, serving: bool = False, workers: int | str | None 
 def cmd_serve(args: argparse.Namespace) -> int:
     app = _load(args.config, serving=True, workers=args.workers)
     config = app.config
-    setup_logging(config.log_level, config.log_format, config.log_target, config.syslog_socket)
     workers = worker_count(config.workers)
     log.info("starting on %s (config %s, %d policy rules, %d worker%s)", config.socket, config.path,
              len(app.policy.rules), workers, "" if workers == 1 else "s")

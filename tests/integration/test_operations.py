@@ -300,3 +300,19 @@ def test_syslog_target_sends_mail_facility_datagrams(tmp_path: Path, dns: DnsSer
     # <22>: facility mail (2) * 8 + severity info (6).
     assert line.startswith(b"<22>authmilter: INFO authmilter.milter: message qid=SYS1 "), line
     assert b"action=accept" in line
+
+
+def test_start_up_warnings_go_through_the_configured_log_format(tmp_path: Path, dns: DnsServer) -> None:
+    # A signing key that cannot be read is warned about while the app is built, before serving.
+    (tmp_path / "signing.toml").write_text(
+        '[keys.k]\ndomain = "example.com"\nselector = "s1"\nfile = "keys/missing.pem"\n'
+        '[[sign]]\nmatch = ["example.com"]\nkeys = ["k"]\n')
+    m = MilterProcess(tmp_path, dns_port=dns.port, extra='log_format = "json"\nsigning = "signing.toml"')
+    try:
+        m.start()
+    finally:
+        m.stop()
+    lines = [line for line in m.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line, the warning included, is JSON
+    warning = next(r for r in records if "key unavailable" in r["msg"])
+    assert warning["level"] == "warning" and "time" in warning
