@@ -226,7 +226,14 @@ def validate_socket(spec: str) -> str | None:
         path = spec.split(":", 1)[1]
         if "\0" in path:
             return "a socket path cannot contain a NUL character"
-        return None if path.startswith("/") else "a unix socket needs an absolute path"
+        if not path.startswith("/"):
+            return "a unix socket needs an absolute path"
+        # sockaddr_un holds 108 bytes with the final NUL; libmilter would only say it cannot
+        # open the socket.
+        if len(path.encode()) > 107:
+            return (f"the socket path is {len(path.encode())} bytes; a unix socket path may have at most "
+                    "107: choose a shorter one (e.g. /run/authmilter/authmilter.sock)")
+        return None
     if spec.startswith("inet:") or spec.startswith("inet6:"):
         rest = spec.split(":", 1)[1]
         port, _, host = rest.partition("@")

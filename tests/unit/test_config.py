@@ -196,3 +196,10 @@ def test_history_and_reports_defaults_and_values(tmp_path: Path) -> None:
 def test_history_and_reports_errors(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
+
+
+def test_a_unix_socket_path_too_long_for_sockaddr_un_is_refused_with_the_limit() -> None:
+    fits = "unix:/" + "a" * 106  # 107 bytes of path: the most sockaddr_un holds with its NUL
+    assert validate_socket(fits) is None
+    problem = validate_socket(fits + "a")
+    assert problem is not None and "108 bytes" in problem and "at most 107" in problem
