@@ -322,14 +322,20 @@ def _ask_direct(servers: tuple[tuple[int, str, int], ...], question: Question,
 def _reply_to_answer(data: Outcome, servers: tuple[tuple[int, str, int], ...], question: Question,
                      deadline: float) -> DnsAnswer | None:
     """What one UDP exchange with the first server says: an answer, or None for the Resolver."""
+    refused: list[str] = []
+    while isinstance(data, ConnectionRefusedError):
+        # An ICMP port unreachable: nothing listens there, and waiting cannot change that.
+        # dnspython's unconnected sockets never see it and would wait out the whole lifetime,
+        # so the next server is asked here at once, and when all refuse, that is the answer.
+        _, address, port = servers[0]
+        refused.append(address)
+        if len(servers) == 1:
+            return _temperror(f"{', '.join(refused)}: connection refused (nothing listening on port {port})")
+        servers = servers[1:]
+        family, address, port = servers[0]
+        [(data, _)] = exchange_many(family, address, port, [question], deadline)
     _, address, port = servers[0]
     only = len(servers) == 1
-    if isinstance(data, ConnectionRefusedError):
-        # An ICMP port unreachable: nothing listens there. With one nameserver, waiting out
-        # the timeout cannot change that, so say so at once.
-        if only:
-            return _temperror(f"{address}: connection refused (nothing listening on port {port})")
-        return None
     if data is None or isinstance(data, OSError):  # silence, an unreachable network: the Resolver retries
         return None
     simple = read_simple(data, question)

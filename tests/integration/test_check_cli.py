@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +249,22 @@ def test_a_client_ip_that_is_no_address_is_refused_with_ex_usage(tmp_path: Path,
     r = check(config, eml, "--client-ip", ip)
     assert r.returncode == 64 and "is not an IPv4 or IPv6 address" in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+def test_a_closed_dns_port_is_reported_as_refused_not_waited_out(tmp_path: Path, config: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    (tmp_path / "closed.toml").write_text(
+        f'[dns]\nnameservers = ["127.0.0.1", "127.0.0.2"]\nport = {closed}\ntimeout = 20.0\n')
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message())
+    started = time.monotonic()
+    r = check(tmp_path / "closed.toml", eml, "--client-ip", "192.0.2.1")
+    assert time.monotonic() - started < 20.0  # not one lifetime, let alone one per lookup
+    assert f'spf=temperror (client-ip=192.0.2.1) reason="DNS TXT example.org failed: 127.0.0.1, 127.0.0.2: ' \
+           f'connection refused (nothing listening on port {closed})"' in r.stdout
+    assert "action: tempfail 451 4.7.1" in r.stdout
 
 
 def test_the_sample_config_printed_and_copied_anywhere_works_with_the_shipped_policy(

@@ -249,6 +249,21 @@ def test_nobody_listening_is_said_at_once_not_after_the_timeout() -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_every_nameserver_refusing_is_said_at_once_naming_them_all() -> None:
+    # dnspython's own sockets never hear the ICMP port unreachable: left to it, this waited
+    # out the whole lifetime and said "timeout", once per lookup of a `check`.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    started = time.monotonic()
+    answer = DnsResolver(["127.0.0.1", "127.0.0.2", "127.0.0.3"], port=closed_port, timeout=5.0).query(
+        "example.com", "A")
+    assert answer.status is DnsStatus.TEMPERROR
+    assert answer.error == (f"127.0.0.1, 127.0.0.2, 127.0.0.3: connection refused (nothing listening on port "
+                            f"{closed_port})")
+    assert time.monotonic() - started < 1.0
+
+
 def test_a_refused_first_nameserver_is_not_the_last_word(server: DnsServer) -> None:
     # Nothing listens on 127.0.0.2 at the server's port: the second nameserver is asked.
     answer = DnsResolver(["127.0.0.2", "127.0.0.1"], port=server.port, timeout=2.0).query(

@@ -224,6 +224,15 @@ def test_nobody_listening_fails_a_whole_batch_at_once() -> None:
         f"127.0.0.1: connection refused (nothing listening on port {port})"}
 
 
+def test_a_batch_moves_past_refusing_nameservers_to_one_that_answers(server: DnsServer) -> None:
+    # Nothing listens on 127.0.0.2 or 127.0.0.3 at the server's port.
+    r = DnsResolver(["127.0.0.2", "127.0.0.3", "127.0.0.1"], port=server.port, timeout=5.0)
+    answers, elapsed = timed(r, PAIRS[:4])
+    assert elapsed < 1.0
+    assert answers[("mx.example.com", "A")].records == ("192.0.2.1",)
+    assert all(a.status is not DnsStatus.TEMPERROR for a in answers.values())
+
+
 # -- what is asked -----------------------------------------------------------------------------
 
 
