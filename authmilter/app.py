@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -222,6 +223,13 @@ def describe_store(settings: StoreSettings) -> str:
     return "sentinel:" + ",".join(f"{h}:{p}" for h, p in settings.sentinels) + f"/{settings.service}"
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 def _resolver(config: Config, metrics: Metrics | None) -> DnsResolver:
     dns = config.dns
     cache = DnsCache(max_entries=dns.cache_size) if dns.cache_size > 0 else None
@@ -242,6 +250,13 @@ def build_app(config: Config, previous: App | None = None, *, with_metrics: bool
         signing, warnings = load_signing(config.signing_file)
         for warning in warnings:
             log.warning("signing: %s", warning)
+        if signing.unavailable:
+            # Outbound mail stops (or goes out unsigned) until this is fixed, while inbound mail
+            # works: say it at the level an operator's alerting watches, naming whose access failed.
+            log.error("signing: %d key(s) unavailable to this process (user %s): %s; mail they would "
+                      "sign gets on_key_error = %s until they are fixed and the milter reloaded",
+                      len(signing.unavailable), _user(), ", ".join(sorted(signing.unavailable)),
+                      signing.settings.on_key_error)
     metrics = previous.metrics if previous is not None else None
     if metrics is None and with_metrics and config.metrics_listen:
         metrics = Metrics(multiprocess_dir=metrics_dir)

@@ -9,6 +9,8 @@ import importlib.metadata
 import ipaddress
 import json
 import logging
+import os
+import pwd
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +22,14 @@ from authmilter.core.decision import explain
 from authmilter.core.message import split_message
 from authmilter.core.model import Header, Transaction, Verdict
 from authmilter.defaults import SAMPLE_CONFIG, SYSTEM_CONFIG
+from authmilter.files.access import (
+    SERVICE_USER,
+    AccessUnknown,
+    Account,
+    find_account,
+    service_account,
+    unreadable_as,
+)
 from authmilter.files.config import ConfigError, load_config, parse_workers, worker_count
 from authmilter.files.policy import PolicyError, lint, load_policy
 from authmilter.files.signing import SigningError
@@ -262,6 +272,19 @@ def cmd_policy_lint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_account(name: str | None) -> Account | None:
+    """The account keys are made and checked for: --user, else the service's when run as root.
+
+    Raises ValueError naming an account that does not exist.
+    """
+    if name is None:
+        return service_account()
+    account = find_account(name)
+    if account is None:
+        raise ValueError(f"--user {name}: no such account")
+    return account
+
+
 def cmd_genkey(args: argparse.Namespace) -> int:
     # Imported here, like the milter, so that the other commands do not pay for key tooling.
     from authmilter.files.keys import KeyToolError, generate_key
@@ -270,16 +293,64 @@ def cmd_genkey(args: argparse.Namespace) -> int:
         print("authmilter: genkey: --bits applies to RSA keys only", file=sys.stderr)
         return EXIT_USAGE
     try:
-        key = generate_key(args.domain, args.selector, args.type, args.bits or 2048, args.out)
+        owner = _key_account(args.user)
+    except ValueError as e:
+        print(f"authmilter: genkey: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        key = generate_key(args.domain, args.selector, args.type, args.bits or 2048, args.out, owner)
     except KeyToolError as e:
         print(f"authmilter: genkey: {e}", file=sys.stderr)
         return 1
-    # stdout is only the record, so it can go straight into a zone file.
-    print(key.zone_text)
-    print(f"authmilter: wrote {key.path} ({key.algorithm}, mode 0600). Publish the record above, "
-          f"then add to the signing file:\n\n[keys.NAME]\ndomain = \"{key.domain}\"\n"
+    # stdout is only the record, so it can go straight into a zone file. Flushed before the
+    # hint on stderr, so that piped or captured together they come out in this order.
+    print(key.zone_text, flush=True)
+    who = owner.name if owner is not None else pwd.getpwuid(os.geteuid()).pw_name
+    print(f"authmilter: wrote {key.path} ({key.algorithm}, owner {who}, mode 0600). Publish the record "
+          f"above, then add to the signing file:\n\n[keys.NAME]\ndomain = \"{key.domain}\"\n"
           f"selector = \"{key.selector}\"\nfile = \"{key.path}\"", file=sys.stderr)
+    if owner is None and os.geteuid() == 0:
+        print(f"authmilter: warning: the key is root's: no account {SERVICE_USER} exists here, so the "
+              "milter's account cannot read it. Make keys with --user ACCOUNT (the account the milter "
+              "runs as), or chown the file to it.", file=sys.stderr)
+    elif owner is not None and (problem := _unreadable(owner, [key.path])):
+        print(f"authmilter: warning: {problem}", file=sys.stderr)
     return 0
+
+
+def _unreadable_keys(account: Account | None, paths: list[str]) -> dict[str, str]:
+    """{path: why the milter's account cannot read it}, saying on stderr whom that was asked of.
+
+    testkey loads the keys as whoever runs it; the milter reads them as its own account.
+    """
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if account is None:
+        if os.geteuid() == 0:
+            print(f"authmilter: note: no account {SERVICE_USER} here: keys were read as root only; "
+                  "--user ACCOUNT checks them as the account the milter runs as", file=sys.stderr)
+        elif me != SERVICE_USER:
+            print(f"authmilter: note: keys were read as {me}; the milter reads them as its own account "
+                  f"({SERVICE_USER} in the shipped unit): run testkey as root, or with --user",
+                  file=sys.stderr)
+        return {}
+    try:
+        failed = unreadable_as(account, paths)
+    except AccessUnknown as e:
+        print(f"authmilter: note: keys were read as {me}: {e}", file=sys.stderr)
+        return {}
+    return {path: f"the milter's account {account.name} cannot read {path}: {reason}; chown "
+                  f"{account.name} it (genkey --user does), and check every directory above it"
+            for path, reason in failed.items()}
+
+
+def _unreadable(account: Account, paths: list[str]) -> str:
+    """Why `account` cannot read one of `paths` ("" when it can read them all, or cannot be asked)."""
+    try:
+        failed = unreadable_as(account, paths)
+    except AccessUnknown:
+        return ""
+    return "; ".join(f"{account.name} cannot read {path}: {reason} (check the file and every directory "
+                     "above it)" for path, reason in failed.items())
 
 
 def cmd_testkey(args: argparse.Namespace) -> int:
@@ -304,6 +375,12 @@ def cmd_testkey(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    try:
+        account = _key_account(args.user)
+    except ValueError as e:
+        print(f"authmilter: testkey: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    unreadable = _unreadable_keys(account, [k.source for k in signing.keys.values() if k.source])
     # The resolver the milter would use, uncached: each record is asked for once anyway.
     dns = config.dns
     resolver = DnsResolver(nameservers=list(dns.nameservers), port=dns.port, timeout=dns.timeout)
@@ -313,6 +390,10 @@ def cmd_testkey(args: argparse.Namespace) -> int:
         key = signing.keys.get(name)
         if key is None:
             print(f"FAIL {name}: key unavailable: {signing.unavailable[name]}")
+            failed += 1
+            continue
+        if key.source in unreadable:
+            print(f"FAIL {name}: {unreadable[key.source]}")
             failed += 1
             continue
         check = check_published(key, resolver)
@@ -535,18 +616,25 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("sample-config", help="print the sample config, every key with its default")
     sc.set_defaults(func=cmd_sample_config)
 
-    g = sub.add_parser("genkey", help="make a DKIM key (mode 0600) and print its DNS TXT record")
+    g = sub.add_parser("genkey",
+                       help="make a DKIM key the milter can read (mode 0600) and print its DNS TXT record")
     g.add_argument("--domain", required=True, help="the signing domain (d=)")
     g.add_argument("--selector", required=True, help="the selector (s=)")
     g.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="key type (default rsa)")
     g.add_argument("--bits", type=int, help="RSA key size: 2048 (default), 3072 or 4096")
     g.add_argument("--out", default=".", help="directory for DOMAIN.SELECTOR.pem (default: here)")
+    g.add_argument("--user", metavar="ACCOUNT",
+                   help=f"the account that will own the key, the one the milter runs as (root only; "
+                        f"default for root: {SERVICE_USER}, when that account exists)")
     g.set_defaults(func=cmd_genkey)
 
     t = sub.add_parser("testkey", help="check that each signing key's DNS record matches the key")
     t.add_argument("-c", "--config",
                    help=f"TOML config file, for its [dns] and signing file (default {SYSTEM_CONFIG})")
     t.add_argument("--signing", help="the signing file, instead of the one the config names")
+    t.add_argument("--user", metavar="ACCOUNT",
+                   help=f"check that this account can read each key (default for root: {SERVICE_USER}, "
+                        "when that account exists)")
     t.set_defaults(func=cmd_testkey)
     return p
 

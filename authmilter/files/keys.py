@@ -29,6 +29,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from authmilter.core.dnsapi import DnsStatus, Resolver
 from authmilter.core.names import normalize_domain
 from authmilter.core.signing.dkim import Ed25519Signer, RsaSigner, SigningKey
+from authmilter.files.access import Account
 
 __all__ = [
     "GENKEY_RSA_BITS",
@@ -120,9 +121,9 @@ def load_key(name: str, domain: str, selector: str, path: str | Path,
         if bits < WEAK_RSA_BITS:
             notes.append(problem(f"weak RSA key of {bits} bits; use at least {WEAK_RSA_BITS} "
                                  "(RFC 8301)", fatal=False))
-        key = SigningKey(name, domain, selector, "rsa-sha256", RsaSigner(parsed), bits)
+        key = SigningKey(name, domain, selector, "rsa-sha256", RsaSigner(parsed), bits, where)
     else:
-        key = SigningKey(name, domain, selector, "ed25519-sha256", Ed25519Signer(parsed), 256)
+        key = SigningKey(name, domain, selector, "ed25519-sha256", Ed25519Signer(parsed), 256, where)
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         notes.append(problem(f"readable by group or others (mode {stat.S_IMODE(mode):04o}); "
                              "chmod 600 it", fatal=False))
@@ -206,11 +207,15 @@ class GeneratedKey:
 
 
 def generate_key(domain: str, selector: str, key_type: str = "rsa", bits: int = 2048,
-                 out_dir: str | Path = ".") -> GeneratedKey:
+                 out_dir: str | Path = ".", owner: Account | None = None) -> GeneratedKey:
     """Write a new private key (PEM PKCS#8, mode 0600) to OUT/DOMAIN.SELECTOR.pem.
 
+    With `owner` (root only), the file is that account's, so that the service running as it can
+    read the key; a directory made for it is root's, in the owner's group, mode 0750.
     Raises KeyToolError for a bad name, type or size, or when the file already exists.
     """
+    if owner is not None and not owner.is_current and os.geteuid() != 0:
+        raise KeyToolError(f"only root can make a key for {owner.name} (--user)")
     try:
         domain = normalize_domain(domain)
         selector = normalize_selector(selector)
@@ -232,19 +237,24 @@ def generate_key(domain: str, selector: str, key_type: str = "rsa", bits: int = 
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     directory = Path(out_dir)
+    made = not directory.exists()
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if made and owner is not None and not owner.is_current:
+            # The service may enter and read, never add or swap files.
+            os.chown(directory, -1, owner.gid)
+            os.chmod(directory, 0o750)
     except OSError as e:
         raise KeyToolError(f"cannot create {directory}: {e.strerror or type(e).__name__}") from None
     path = directory / f"{domain}.{selector}.pem"
-    _write_new(path, pem)
+    _write_new(path, pem, owner)
     txt = f"v=DKIM1; k={signer.key_type}; p={signer.public_key_b64()}"
     record_name = f"{selector}._domainkey.{domain}"
     return GeneratedKey(str(path), domain, selector, record_name, txt, dns_record_text(record_name, txt),
                         algorithm)
 
 
-def _write_new(path: Path, data: bytes) -> None:
+def _write_new(path: Path, data: bytes, owner: Account | None = None) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o600)
@@ -253,6 +263,9 @@ def _write_new(path: Path, data: bytes) -> None:
     except OSError as e:
         raise KeyToolError(f"cannot create {path}: {e.strerror or type(e).__name__}") from None
     try:
+        if owner is not None and not owner.is_current:
+            # Before the first byte, so the key is never root's copy that later changes hands.
+            os.fchown(fd, owner.uid, owner.gid)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

@@ -7,10 +7,14 @@ No output of either command may ever contain private key material.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,7 +95,8 @@ def test_genkey_records_verify_with_testkey(work: Path, dns_server: DnsServer) -
     assert (work / "keys" / "example.com.2026a.pem").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert all(len(s) <= 255 for s in rsa_record.split('"')[1::2])
     publish(dns_server, rsa_record, ed_record)
-    r = run("testkey", "-c", str(write_config(work, dns_server)))
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    r = run("testkey", "-c", str(write_config(work, dns_server)), "--user", me)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("ok ed: 2026e._domainkey.example.com: published key matches (ed25519")
@@ -157,3 +162,70 @@ def test_signing_file_errors_exit_78(work: Path, dns_server: DnsServer) -> None:
     r = run("testkey", "-c", str(config))
     assert r.returncode == 78
     assert f"{work / 'signing.toml'}:3: sign[1].keys: unknown key 'nope'" in r.stderr
+
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making keys for another account needs root")
+
+
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A directory every account can enter (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="authmilter-keys-", dir="/var/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path)
+
+
+@as_root
+def test_genkey_makes_keys_the_milters_account_reads_and_testkey_checks_as_it(
+        reachable: Path, dns_server: DnsServer) -> None:
+    nobody = pwd.getpwnam("nobody")
+    rsa_record = genkey(reachable, "2026a", "--user", "nobody")
+    r = run("genkey", "--domain", "example.com", "--selector", "2026e", "--type", "ed25519",
+            "--out", str(reachable / "keys"), "--user", "nobody")
+    assert r.returncode == 0 and "owner nobody, mode 0600" in r.stderr and "warning" not in r.stderr
+    for name in ("example.com.2026a.pem", "example.com.2026e.pem"):
+        st = (reachable / "keys" / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, nobody.pw_gid, 0o600)
+    # The directory genkey made is root's: the account may read keys in it, not add or swap them.
+    st = (reachable / "keys").stat()
+    assert (st.st_uid, grp.getgrgid(st.st_gid).gr_gid, stat.S_IMODE(st.st_mode)) == (0, nobody.pw_gid, 0o750)
+    publish(dns_server, rsa_record, r.stdout)
+    config = write_config(reachable, dns_server)
+    r = run("testkey", "-c", str(config), "--user", "nobody")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "ok: 2 key(s) published and matching"
+
+    # A key root made for itself (0600 root) loads fine for root, but not for the milter.
+    os.chown(reachable / "keys" / "example.com.2026a.pem", 0, 0)
+    r = run("testkey", "-c", str(config), "--user", "nobody")
+    assert r.returncode == 1
+    assert (f"FAIL rsa: the milter's account nobody cannot read {reachable}/keys/example.com.2026a.pem: "
+            "Permission denied; chown nobody it") in r.stdout
+    assert "ok ed:" in r.stdout and "1 of 2 key(s) failed" in r.stderr
+    r = run("testkey", "-c", str(config), "--user", "no-such-account-here")
+    assert r.returncode == 64 and "--user no-such-account-here: no such account" in r.stderr
+
+
+@as_root
+def test_genkey_warns_when_the_account_cannot_reach_its_key(work: Path) -> None:
+    # tmp_path's parents are root's, mode 0700: nobody owns the key but cannot get to it.
+    r = run("genkey", "--domain", "example.com", "--selector", "s", "--out", str(work / "keys"),
+            "--user", "nobody")
+    assert r.returncode == 0
+    assert (f"warning: nobody cannot read {work}/keys/example.com.s.pem: Permission denied "
+            "(check the file and every directory above it)") in r.stderr
+    r = run("genkey", "--domain", "example.com", "--selector", "s2", "--out", str(work), "--user", "nobody-x")
+    assert r.returncode == 64 and not (work / "example.com.s2.pem").exists()
+
+
+def test_genkey_record_comes_before_its_hint_when_both_are_piped(work: Path) -> None:
+    # One pipe for both, as `genkey ... 2>&1 | less` gives: the record must not come after the hint.
+    # Python buffers a piped stdout unless told not to, as this environment may tell it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    r = subprocess.run([sys.executable, "-m", "authmilter", "genkey", "--domain", "example.com",
+                        "--selector", "s", "--out", str(work)], cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60, env=env)
+    assert r.returncode == 0
+    assert r.stdout.startswith("s._domainkey.example.com. IN TXT ( ")
+    assert r.stdout.index(" )\n") < r.stdout.index("authmilter: wrote ")

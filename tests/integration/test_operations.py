@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import signal
 import socket
@@ -316,3 +317,8 @@ def test_start_up_warnings_go_through_the_configured_log_format(tmp_path: Path, 
     records = [json.loads(line) for line in lines]  # every line, the warning included, is JSON
     warning = next(r for r in records if "key unavailable" in r["msg"])
     assert warning["level"] == "warning" and "time" in warning
+    # And once more, at error level, with what it costs and whose access failed.
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    error = next(r for r in records if r["level"] == "error")
+    assert f"1 key(s) unavailable to this process (user {me}): k;" in error["msg"]
+    assert "on_key_error = tempfail" in error["msg"]

@@ -114,8 +114,8 @@ def raw_public(key: ed25519.Ed25519PrivateKey) -> bytes:
 def test_rsa_pem(keydir: Path, fmt: serialization.PrivateFormat) -> None:
     key, warnings = load(write(keydir / "k.pem", pem(rsa_private(2048), fmt)))
     assert isinstance(key, SigningKey) and warnings == []
-    assert (key.algorithm, key.bits, key.source, key.record_name) == ("rsa-sha256", 2048, "file",
-                                                                      "s1._domainkey.example.com")
+    assert (key.algorithm, key.bits, key.source, key.record_name) == (
+        "rsa-sha256", 2048, str(keydir / "k.pem"), "s1._domainkey.example.com")
     public = rsa_private(2048).public_key().public_bytes(serialization.Encoding.DER,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     assert base64.b64decode(key.signer.public_key_b64()) == public

@@ -210,7 +210,7 @@ class SigningKey:
     algorithm: str  # "rsa-sha256" | "ed25519-sha256"
     signer: Signer = field(repr=False)
     bits: int = 0  # RSA modulus size; 256 for Ed25519
-    source: str = "file"  # where the key came from; only key files so far
+    source: str = ""  # where the key came from: its file's path
 
     @property
     def record_name(self) -> str:
