@@ -136,3 +136,19 @@ def test_report_timer_runs_daily_after_the_utc_day_ends() -> None:
     elapses = re.findall(r"(?:Next elapse|Iter\. #2): \w+ (\S+) (\d\d:\d\d:\d\d) UTC", result.stdout)
     assert [t for _, t in elapses] == ["00:15:00", "00:15:00"], result.stdout
     assert "Persistent=true" in text
+
+
+def test_the_docs_name_the_config_and_the_account_as_the_program_does() -> None:
+    """One config path and one account everywhere: the program's default, the unit's, the docs'."""
+    from authmilter.defaults import SYSTEM_CONFIG
+    from authmilter.files.access import SERVICE_USER
+
+    unit, config = UNIT.read_text(), str(SYSTEM_CONFIG)
+    assert f" -c {config}\n" in unit and f"\nUser={SERVICE_USER}\n" in unit
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
+            *sorted((ROOT / "docs" / "man").glob("*.[58]")), *sorted((ROOT / "systemd").glob("*.md")),
+            *sorted((ROOT / "etc").glob("*.toml"))]
+    strays = {f"{doc.relative_to(ROOT)}: {path}" for doc in docs
+              for path in re.findall(r"/etc/[\w./-]*\.toml", doc.read_text().replace("\\-", "-"))
+              if path != config and not path.startswith("/etc/authmilter/policies/")}
+    assert not strays
