@@ -73,6 +73,11 @@ class _PidField(logging.Filter):
         return True
 
 
+def _about(pid: int) -> dict[str, dict[str, int]]:
+    """The worker a supervisor's line is about, as its own field: `pid` is always the writer's."""
+    return {"fields": {"worker_pid": pid}}
+
+
 def tag_log_lines() -> None:
     """Put the pid field on every handler; again after each `setup_logging`, which replaces them."""
     for handler in logging.getLogger().handlers:
@@ -258,7 +263,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
             self.missing.discard(slot)
             self.workers[pid] = _Worker(slot, pid)
-            log.info("worker %d started: pid %d", slot, pid)
+            log.info("worker %d started", slot, extra=_about(pid))
 
     def _reap(self) -> None:
         while True:
@@ -276,9 +281,9 @@ class Supervisor:
             if metrics is not None and metrics.multiprocess_dir is not None:
                 worker_gone(metrics.multiprocess_dir, pid)
             if self.stopping or self.rc is not None:
-                log.info("worker %d (pid %d) ended: %s", worker.slot, pid, _describe(status))
+                log.info("worker %d ended: %s", worker.slot, _describe(status), extra=_about(pid))
                 continue
-            log.error("worker %d (pid %d) ended unexpectedly: %s", worker.slot, pid, _describe(status))
+            log.error("worker %d ended unexpectedly: %s", worker.slot, _describe(status), extra=_about(pid))
             self.missing.add(worker.slot)
             self._count_death()
             if self.rc is None and not self._socket_file_intact():
@@ -322,7 +327,7 @@ class Supervisor:
             if parts[0] == "ready":
                 worker.ready = True
                 if self.ready_sent:
-                    log.info("worker %d (pid %d) ready", worker.slot, worker.pid)
+                    log.info("worker %d ready", worker.slot, extra=_about(worker.pid))
             elif parts[0] == "reloaded":
                 self.reload_waiting.discard(worker.pid)
 

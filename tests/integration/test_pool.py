@@ -167,6 +167,10 @@ def test_two_workers_share_concurrent_sessions_and_answer_correctly(
     pids = {handled_by(m, f"C{i}") for i in range(48)}
     assert pids == workers  # both workers served, and only workers (not the supervisor)
     assert f"pid={supervisor(m)}" in m.log()  # the supervisor's own lines are tagged too
+    # One pid per line is the writer's; the worker a supervisor's line is about is worker_pid.
+    log = m.log()
+    assert all(f"started worker_pid={pid} pid={supervisor(m)}" in log for pid in workers), log
+    assert not [line for line in log.splitlines() if re.sub(r"\b(worker_)?pid=\d+", "", line).count("pid")]
     # Each worker, and every thread libmilter started in it, keeps to one CPU of its own.
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2:
@@ -251,11 +255,11 @@ def test_killed_worker_is_replaced_while_sessions_keep_succeeding(
         os.kill(victim, signal.SIGKILL)
         until("the worker's death", lambda: not alive(victim), 5)
         dead_at = time.monotonic()
-        log = wait_for_log(m, f"(pid {victim}) ended unexpectedly: killed by signal 9 (SIGKILL)")
+        log = wait_for_log(m, f"ended unexpectedly: killed by signal 9 (SIGKILL) worker_pid={victim} pid=")
         new = children(supervisor(m)) - workers
         until("a replacement", lambda: len(children(supervisor(m)) - workers) == 1)
         new = children(supervisor(m)) - workers
-        log = wait_for_log(m, f"(pid {new.pop()}) ready")
+        log = wait_for_log(m, f"ready worker_pid={new.pop()} pid=")
         served_after = len(results)
         until("sessions after the replacement", lambda: len(results) >= served_after + 20, 30)
     finally:
@@ -421,7 +425,7 @@ def test_one_metrics_endpoint_counts_every_worker_and_the_dead(
     os.kill(victim, signal.SIGKILL)
     until("a replacement worker", lambda: len(children(supervisor(m)) - workers) == 1)
     (replacement,) = children(supervisor(m)) - workers
-    wait_for_log(m, f"(pid {replacement}) ready")
+    wait_for_log(m, f"ready worker_pid={replacement} pid=")
     assert scrape(port)['authmilter_messages_total{action="accept",stage="eom"}'] == 5
     assert send(m, good(), "G9").action == "accept"
     assert scrape(port)['authmilter_messages_total{action="accept",stage="eom"}'] == 6
