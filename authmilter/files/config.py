@@ -238,6 +238,13 @@ def validate_socket(spec: str) -> str | None:
         rest = spec.split(":", 1)[1]
         port, _, host = rest.partition("@")
         if not _is_port(port):
+            host_part, colon, port_part = rest.rpartition(":")
+            if colon and not host and _is_port(port_part):
+                # Postfix's own notation, as found in main.cf next to it.
+                family = spec.split(":", 1)[0]
+                return (f"bad port {port!r}: libmilter writes the port first, "
+                        f"{family}:{port_part}@{host_part.strip('[]')} (Postfix's smtpd_milters "
+                        f"writes the same socket as inet:{host_part}:{port_part})")
             return f"bad port {port!r} (expected inet:PORT@HOST)"
         if host:
             try:

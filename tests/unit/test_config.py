@@ -53,6 +53,9 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("[dns]\ntimeoutt = 1\n", "dns.timeoutt: unknown key"),
         ("socket = 'tcp:8891'\n", "socket: expected inet:PORT@ADDRESS"),
         ("socket = 'inet:99999@127.0.0.1'\n", "socket: bad port"),
+        ("socket = 'inet:127.0.0.1:8891'\n", "socket: bad port '127.0.0.1:8891': libmilter writes the "
+         "port first, inet:8891@127.0.0.1 (Postfix's smtpd_milters writes the same socket as "
+         "inet:127.0.0.1:8891)"),
         ("socket = 'unix:relative.sock'\n", "socket: a unix socket needs an absolute path"),
         ("authserv_id = 'mx example'\n", "authserv_id: must be a host name"),
         ("fail_safe = 'reject'\n", "fail_safe: must be one of tempfail, accept"),
