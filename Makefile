@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make run` serves from a venv of its own: the program and what it needs, no test tools.
+RUN_VENV := .venv-run
 CONFIG ?= etc/authmilter.toml
 APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev libmilter-dev ca-certificates systemd
 # `make deb` also needs dpkg-shlibdeps.
@@ -29,8 +31,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-run: setup
-	$(BIN)/authmilter serve -c $(CONFIG)
+$(RUN_VENV)/.installed: pyproject.toml
+	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/pip install -q --upgrade pip
+	$(RUN_VENV)/bin/pip install -q -e .
+	touch $@
+
+run: system-packages $(RUN_VENV)/.installed
+	$(RUN_VENV)/bin/authmilter serve -c $(CONFIG)
 
 lint: setup
 	$(BIN)/ruff check authmilter tests benchmarks
@@ -40,7 +48,7 @@ test: setup lint
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf $(VENV) $(RUN_VENV) .pytest_cache .mypy_cache .ruff_cache dist
 
 # dist/authmilter_<version>_<arch>.deb, built with dpkg-deb (packaging/build-deb.sh; install and
 # purge: systemd/README.md). Needs no project venv: the package builds its own.
