@@ -55,3 +55,15 @@ def apt_install(packages: Sequence[str], *, error: type[Exception], timeout: flo
     if done.returncode != 0:
         raise error(f"apt-get install {what} failed (exit {done.returncode}):\n"
                     f"{tail(done.stdout + done.stderr)}")
+
+
+def apt_would_remove(packages: Sequence[str], *, timeout: float = 120.0) -> list[str]:
+    """The installed packages `apt-get install PACKAGES` would remove (e.g. another MTA), by
+    apt's own simulation; [] when it would remove nothing or cannot say."""
+    try:
+        done = subprocess.run(["apt-get", "install", "-s", "-q", "--no-install-recommends", *packages],
+                              env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.split()[1] for line in done.stdout.splitlines() if line.startswith("Remv ")]

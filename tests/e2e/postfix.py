@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-from tests.debian import apt_install, tail
+from tests.debian import apt_install, apt_would_remove, tail
 
 POSTFIX = Path("/usr/sbin/postfix")
 MASTER = Path("/usr/lib/postfix/sbin/master")  # Debian's daemon_directory
@@ -37,10 +37,22 @@ class PostfixUnavailable(RuntimeError):
     """Postfix is not installed and could not be installed."""
 
 
+class PostfixClash(PostfixUnavailable):
+    """Postfix is not installed, and installing it would remove another MTA: a reason to skip."""
+
+
 def _listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
         return s.connect_ex((host, port)) == 0
+
+
+def _clash(packages: list[str]) -> PostfixClash:
+    return PostfixClash(
+        f"{POSTFIX} is missing, and installing Postfix would remove {', '.join(packages)} (Debian "
+        "allows one MTA per machine, and this suite never replaces the one a machine has). Install "
+        "postfix yourself, or run the suite on a host without another MTA; tests/e2e/test_sendmail.py "
+        "needs no Postfix and still runs.")
 
 
 def ensure_installed(timeout: float = 600.0) -> str:
@@ -58,10 +70,18 @@ def ensure_installed(timeout: float = 600.0) -> str:
     subprocess.run(["debconf-set-selections"], input=DEBCONF_PRESEED,
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), check=True,
                    capture_output=True, timeout=COMMAND_TIMEOUT)
+    if clash := apt_would_remove(["postfix"]):
+        raise _clash(clash)
     port25_before = _listening(25)
     # --no-remove: if Postfix would replace an installed MTA (exim4, ...), apt aborts instead of
     # removing it; this suite must not change which MTA the machine runs.
-    apt_install(["postfix"], error=PostfixUnavailable, timeout=timeout, options=["--no-remove"])
+    try:
+        apt_install(["postfix"], error=PostfixUnavailable, timeout=timeout, options=["--no-remove"])
+    except PostfixUnavailable:
+        # The package lists may only now be fresh enough for apt to see the conflict.
+        if clash := apt_would_remove(["postfix"]):
+            raise _clash(clash) from None
+        raise
     if not POSTFIX.exists():
         raise PostfixUnavailable(f"apt-get install postfix succeeded but {POSTFIX} is missing")
     if not port25_before and _listening(25):
