@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from typing import Any
 
@@ -61,12 +62,39 @@ def setup_logging(
         handler.setFormatter(_Tagged(inner))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter(True))
+        inner = JsonFormatter() if fmt == "json" else KeyValueFormatter(True)
+        # journald takes every stderr line as level info unless it starts with <N>: without the
+        # prefix, `journalctl -p err` and alerting on priority would never see our errors.
+        handler.setFormatter(_Prioritized(inner) if stderr_is_journal() else inner)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is systemd's journal stream (systemd.exec(5): $JOURNAL_STREAM is its dev:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+_SYSLOG_LEVELS = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+class _Prioritized(logging.Formatter):
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = next((n for floor, n in _SYSLOG_LEVELS if record.levelno >= floor), 7)
+        # Every line of a multi-line record (a traceback), since journald reads each on its own.
+        return "\n".join(f"<{level}>{line}" for line in self.inner.format(record).split("\n"))
 
 
 class _Tagged(logging.Formatter):

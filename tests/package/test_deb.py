@@ -137,6 +137,83 @@ def test_installed_files_owners_and_modes(debian_root: DebianRoot) -> None:
     assert not leftovers, f"files naming the build's staging path:\n{leftovers}"
 
 
+def scratch_config(r: DebianRoot, dns: DnsServer, name: str, top: str = "") -> Path:
+    """/srv/package-test/NAME: the installed config with DNS from `dns` (and `top` put first)."""
+    config = r.file("/etc/authmilter/authmilter.toml").read_text()
+    config = config.replace("nameservers = []", 'nameservers = ["127.0.0.1"]', 1)
+    config = re.sub(r"^port = 53$", f"port = {dns.port}", config, count=1, flags=re.M)
+    assert f"port = {dns.port}" in config
+    # Not /tmp, which nspawn covers with a tmpfs of its own.
+    scratch = r.file("/srv/package-test")
+    scratch.mkdir(mode=0o755, exist_ok=True)
+    (scratch / name).write_text(top + config)
+    (scratch / name).chmod(0o644)
+    return scratch
+
+
+SIGNING = """[keys.k1]
+domain = "example.org"
+selector = "s1"
+file = "/etc/authmilter/keys/example.org.s1.pem"
+
+[keys.k2]
+domain = "example.org"
+selector = "s2"
+file = "/etc/authmilter/keys/example.org.s2.pem"
+
+[[sign]]
+match = ["example.org"]
+keys = ["k1", "k2"]
+"""
+
+
+def test_keys_are_made_and_checked_for_the_service_account(debian_root: DebianRoot) -> None:
+    """Issue 16's operator: genkey as root into /etc/authmilter/keys, as docs/signing.md says,
+    must give a key the service can read; testkey must check as the service; and a key only root
+    can read must be reported at start-up at error level, not just warned about."""
+    r = debian_root
+    made = r.run("authmilter", "genkey", "--domain", "example.org", "--selector", "s1",
+                 "--out", "/etc/authmilter/keys")
+    assert "owner authmilter, mode 0600" in made.stderr and "warning" not in made.stderr, made.stderr
+    assert r.owner("/etc/authmilter/keys/example.org.s1.pem") == ("authmilter", "authmilter", 0o600)
+    assert r.owner("/etc/authmilter/keys") == ("root", "authmilter", 0o750)
+    # What the operator of the issue had: a key root made for itself.
+    roots = r.run("authmilter", "genkey", "--domain", "example.org", "--selector", "s2", "--user", "root",
+                  "--out", "/etc/authmilter/keys")
+    assert r.owner("/etc/authmilter/keys/example.org.s2.pem") == ("root", "root", 0o600)
+    records = {f"{sel}._domainkey": "TXT " + " ".join(f'"{t}"' for t in re.findall(r'"([^"]*)"', out.stdout))
+               for sel, out in (("s1", made), ("s2", roots))}
+    signing = r.file("/etc/authmilter/signing.toml")
+    signing.write_text(SIGNING)
+    group = {name: gid for gid, name in r.ids("group").items()}["authmilter"]
+    os.chown(signing, 0, group)
+    signing.chmod(0o640)
+    with DnsServer([zone_text("example.org", records)]) as dns:
+        scratch = scratch_config(r, dns, "keys.toml", top='signing = "/etc/authmilter/signing.toml"\n')
+        tested = r.run("authmilter", "testkey", "-c", "/srv/package-test/keys.toml", check=False)
+    assert tested.returncode == 1, tested.stdout + tested.stderr
+    assert "ok k1: s1._domainkey.example.org: published key matches" in tested.stdout, tested.stdout
+    assert ("FAIL k2: the milter's account authmilter cannot read /etc/authmilter/keys/example.org.s2.pem: "
+            "Permission denied") in tested.stdout, tested.stdout
+    # The service, started with that signing file: up, but saying at error level what is wrong.
+    installed = r.file("/etc/authmilter/authmilter.toml")
+    original = installed.read_text()
+    installed.write_text('signing = "/etc/authmilter/signing.toml"\n' + original)
+    r.boot()
+    try:
+        r.exec_booted("systemctl", "restart", UNIT, timeout=60)
+        assert r.exec_booted("systemctl", "is-active", UNIT).stdout.strip() == "active"
+        errors = r.exec_booted("journalctl", "--no-pager", "-p", "err", "-u", UNIT, check=False).stdout
+        assert ("signing: 1 key(s) unavailable to this process (user authmilter): k2; mail they would "
+                "sign gets on_key_error = tempfail") in errors, errors
+    finally:
+        r.shutdown()
+        installed.write_text(original)
+        signing.unlink()
+        shutil.rmtree(scratch)
+        shutil.rmtree(r.file("/etc/authmilter/keys"))
+
+
 def test_check_command_in_root(debian_root: DebianRoot) -> None:
     """`authmilter check` as user authmilter, with the installed config and policy, DNS from a
     local server (the container shares the host's network)."""
@@ -146,15 +223,7 @@ def test_check_command_in_root(debian_root: DebianRoot) -> None:
         "_dmarc": 'TXT "v=DMARC1; p=none"',
     })
     with DnsServer([zone]) as dns:
-        config = r.file("/etc/authmilter/authmilter.toml").read_text()
-        config = config.replace("nameservers = []", 'nameservers = ["127.0.0.1"]', 1)
-        config = re.sub(r"^port = 53$", f"port = {dns.port}", config, count=1, flags=re.M)
-        assert f"port = {dns.port}" in config
-        # Not /tmp, which nspawn covers with a tmpfs of its own.
-        scratch = r.file("/srv/package-test")
-        scratch.mkdir(mode=0o755)
-        (scratch / "check.toml").write_text(config)
-        (scratch / "check.toml").chmod(0o644)
+        scratch = scratch_config(r, dns, "check.toml")
         message = ("From: alice@example.org\r\nTo: bob@example.com\r\nSubject: package test\r\n"
                    "Date: Mon, 1 Dec 2025 10:00:00 +0000\r\nMessage-ID: <pkg-test@example.org>\r\n"
                    "\r\nhello\r\n")
