@@ -347,5 +347,27 @@ def test_install_failure_is_an_error_not_a_skip(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(postfix.PostfixUnavailable, match="Unable to locate package postfix"):
         postfix.ensure_installed(timeout=60)
 
-    verbs = [line.split()[2] for line in calls.read_text().splitlines()]
+    lines = calls.read_text().splitlines()
+    # apt's simulation, asked whether Postfix would remove another MTA, before and after: no.
+    simulations = [line for line in lines if line.startswith("install -s ")]
+    assert len(simulations) == 2
+    verbs = [line.split()[2] for line in lines if line not in simulations]
     assert verbs == ["install", "update", "install"]  # update only once install said "unknown"
+
+
+def test_another_mta_that_postfix_would_remove_is_a_skip_reason_and_nothing_is_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt.log"
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\n'
+                                     'echo "Remv sendmail-bin [8.17.1.9-2+deb12u2]"\n'
+                                     'echo "Inst postfix (3.7.11-0+deb12u1 Debian:12.15 [amd64])"\n')
+    (bin_dir / "debconf-set-selections").write_text("#!/bin/sh\ncat > /dev/null\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(postfix, "POSTFIX", tmp_path / "no" / "postfix")
+    with pytest.raises(postfix.PostfixClash, match="installing Postfix would remove sendmail-bin"):
+        postfix.ensure_installed(timeout=60)
+    assert [line.split()[:2] for line in calls.read_text().splitlines()] == [["install", "-s"]]
