@@ -114,8 +114,9 @@ def test_any_reply_ends_in_an_answer_or_temperror(responder: Responder, payload:
     elapsed = time.monotonic() - started
     assert isinstance(answer, DnsAnswer)
     assert answer.status in set(DnsStatus)
-    # dnspython's back-off between retry rounds may add up to 0.2 s to a lifetime spent.
-    assert elapsed < TIMEOUT + 0.35
+    # dnspython's back-off between retry rounds may add up to 0.2 s to a lifetime spent, and a
+    # loaded 2-core CI host a scheduling delay (0.49 s seen once): the bound is "no hang".
+    assert elapsed < TIMEOUT + 1.0
     if answer.status is DnsStatus.OK:
         assert answer.records  # an OK answer always carries what was asked
 
